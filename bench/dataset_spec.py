@@ -1,0 +1,27 @@
+"""The description of one benchmark dataset: how to build its denoiser and how it is scored."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of the dataset registry (architecture.md, Datasets)."""
+
+    name: str
+    shape: tuple[int, ...]
+    metric: str
+    build: Callable[..., object] = field(repr=False)
+    default_num_samples: int = 10_000
+    default_batch_size: int = 500
+    label_dim: int = 0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    thresholding: bool = True
+    description: str = ""
+    exact_stats: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+    model_url: str | None = None
+    ref_stats_url: str | None = None
