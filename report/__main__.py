@@ -1,0 +1,125 @@
+"""``python -m report [RESULTS ...] [--out DIR] [--metric fd|fid] [--datasets ...] [--published CSV]``.
+
+Reads run files or folders (default ``results/runs/``), keeps the newest row per cell and writes
+tables (``tables/*.md``, ``*.tex``), figures (``figures/*.png``, ``*.svg``) and ``index.html`` to
+``--out`` (default ``report/build/``). Bad input: one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from report.load import DEFAULT_STORE, ReportInputError, latest_per_cell, load_rows
+from report.page import Section, TableFile, render
+from report.plots import dataset_figures, slug
+from report.tables import gain_table, metric_table, published_table, time_table, to_latex, to_markdown, with_labels
+
+METRICS = ("fd", "fid")
+DEFAULT_OUT = Path("report/build")
+# Published FIDs live beside the project: ../shared/data/published_fid.csv from the project root.
+PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "published_fid.csv"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a ReportInputError, reported as one line like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ReportInputError(message)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="python -m report", description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="*", type=Path, help=f"run files or folders (default {DEFAULT_STORE}/)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    parser.add_argument("--metric", help="only rows scored with this metric: fd or fid")
+    parser.add_argument("--datasets", nargs="+", help="only these datasets")
+    parser.add_argument("--published", type=Path, help="published numbers CSV (default: the shared one, if present)")
+    return parser.parse_args(argv)
+
+
+def select(rows: pd.DataFrame, metric: str | None, datasets: list[str] | None) -> pd.DataFrame:
+    """Rows of the requested metric and datasets; an unknown metric or an empty selection is an error."""
+    if metric is not None and metric not in METRICS:
+        raise ReportInputError(f"unknown metric {metric!r}; choose from: {', '.join(METRICS)}")
+    if metric is not None:
+        rows = rows[rows["metric"] == metric]
+    if datasets:
+        unknown = sorted(set(datasets) - set(rows["dataset"]))
+        if unknown:
+            raise ReportInputError(f"no rows for dataset(s) {', '.join(unknown)} (metric {metric or 'any'})")
+        rows = rows[rows["dataset"].isin(datasets)]
+    if rows.empty:
+        raise ReportInputError(f"no rows scored with {metric}")
+    return rows
+
+
+def _write_table(item: TableFile, out: Path) -> TableFile:
+    path = out / item.stem
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".md").write_text(to_markdown(item.table) + "\n")
+    path.with_suffix(".tex").write_text(to_latex(item.table))
+    return item
+
+
+def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -> Section:
+    """Tables and figures of one dataset, written under ``out``."""
+    name = slug(dataset)
+    tables = [TableFile(f"tables/{name}_{metric}", f"{metric.upper()} per NFE", metric_table(cells),
+                        "Best value per NFE in bold; PAS params: stored coordinates (range over NFEs).")]
+    gain = gain_table(cells)
+    if gain is not None:
+        tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement with PAS", gain,
+                                "(base - PAS) / base; positive means PAS is better."))
+    tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
+                            "Sampling time only (no metric, no PAS fitting), divided by the sample count."))
+    for item in tables:
+        _write_table(item, out)
+    return Section(dataset, metric, len(cells), tables, dataset_figures(cells, dataset, out))
+
+
+def published_section(cells: pd.DataFrame, csv: Path | None, out: Path) -> TableFile | None:
+    """Published FIDs beside measured ones; skipped silently when the default CSV is absent."""
+    path = csv or PUBLISHED_CSV
+    if csv is None and not path.is_file():
+        return None
+    try:
+        published = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise ReportInputError(f"cannot read published numbers {path}: {err}") from None
+    table = published_table(cells, published)
+    if table is None:
+        return None
+    return _write_table(TableFile("tables/published", "Published vs measured FID", table), out)
+
+
+def build(args: argparse.Namespace) -> Path:
+    """Write the whole report; returns the path of ``index.html``."""
+    rows = select(load_rows(args.results or [DEFAULT_STORE]), args.metric, args.datasets)
+    cells = with_labels(latest_per_cell(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        dataset_section(group, dataset, metric, args.out)
+        for (dataset, metric), group in cells.groupby(["dataset", "metric"], sort=True)
+    ]
+    published = published_section(cells, args.published, args.out)
+    index = args.out / "index.html"
+    index.write_text(render(sections, published, cells))
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        index = build(parse_args(argv))
+    except ReportInputError as err:
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    print(f"report written to {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Paper-style tables of stored cells: metric per NFE, PAS's gain, wall-clock, published numbers.
+
+A :class:`Table` holds display strings plus a mask of bold cells; ``to_markdown`` (tabulate through
+pandas), ``to_latex`` (pandas Styler, booktabs rules) and ``to_html`` render it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SOLVER_NAMES = {
+    "ddim": "DDIM",
+    "euler": "Euler",
+    "ipndm": "iPNDM",
+    "deis": "DEIS",
+    "dpmpp": "DPM-Solver++",
+    "unipc": "UniPC",
+    "heun": "Heun",
+}
+# Settings that can make two cells of one solver differ; shown in the row label only when they do.
+VARIANT_FIELDS = ("schedule", "order", "options", "num_samples", "seeds", "dtype", "precision")
+PAS_SUFFIX = " + PAS"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Display strings (index = row labels) and which of them are bold."""
+
+    text: pd.DataFrame
+    bold: pd.DataFrame
+    index_name: str = "Method"
+    columns_name: str | None = "NFE"
+    left_columns: tuple[str, ...] = field(default=())
+
+    def alignments(self) -> list[str]:
+        return ["left"] + ["left" if c in self.left_columns else "right" for c in self.text.columns]
+
+
+def format_value(value: float) -> str:
+    """Two decimals, or three significant figures below 1 (toy FDs are small); blank when missing."""
+    if value is None or pd.isna(value):
+        return ""
+    if abs(value) >= 1 or value == 0:
+        return f"{value:.2f}"
+    return f"{value:#.3g}"
+
+
+def solver_label(name: str) -> str:
+    return SOLVER_NAMES.get(name, name)
+
+
+def _canonical(value: object) -> str:
+    """A stable text form of a setting (dicts sorted), so equal settings compare equal."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_canonical(v)}" for k, v in sorted(value.items()))
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return str(value)
+
+
+def _varying_suffix(group: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
+    """Per row, ``" (field=value, ...)"`` for the fields whose value differs within ``group``."""
+    present = [f for f in fields if f in group]
+    text = group[present].map(_canonical) if present else group[[]]
+    varying = [f for f in present if text[f].nunique() > 1]
+    if not varying:
+        return pd.Series("", index=group.index)
+    return text[varying].apply(lambda r: " (" + ", ".join(f"{f}={r[f]}" for f in varying) + ")", axis=1)
+
+
+def with_labels(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add ``family`` (solver plus any distinguishing setting) and ``method`` (family, "+ PAS")."""
+    cells = cells.copy()
+    family = pd.Series("", index=cells.index)
+    pas_suffix = pd.Series("", index=cells.index)
+    for _, group in cells.groupby(["dataset", "solver"], sort=False):
+        family[group.index] = group["solver"].map(solver_label) + _varying_suffix(group, VARIANT_FIELDS)
+        fitted = group[group["pas"]]
+        if "pas_settings" in fitted and not fitted.empty:
+            pas_suffix[fitted.index] = _varying_suffix(fitted, ("pas_settings",))
+    cells["family"] = family
+    cells["method"] = family + np.where(cells["pas"], PAS_SUFFIX, "") + pas_suffix
+    return cells
+
+
+def _method_order(cells: pd.DataFrame) -> list[str]:
+    """Solvers in registry order, each base row followed by its PAS row(s)."""
+    rank = {name: i for i, name in enumerate(SOLVER_NAMES)}
+    keys = cells.assign(rank=cells["solver"].map(lambda s: rank.get(s, len(rank))))
+    keys = keys.sort_values(["rank", "solver", "family", "pas", "method"], kind="stable")
+    return list(dict.fromkeys(keys["method"]))
+
+
+def _pivot(cells: pd.DataFrame, value: str, index: str = "method") -> pd.DataFrame:
+    newest = cells.sort_values("created_at", kind="stable").drop_duplicates([index, "nfe"], keep="last")
+    grid = newest.pivot(index=index, columns="nfe", values=value)
+    return grid.sort_index(axis=1)
+
+
+def _params_range(values: pd.Series) -> str:
+    counts = sorted({int(v) for v in values.dropna()})
+    if not counts:
+        return ""
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def metric_table(cells: pd.DataFrame) -> Table:
+    """Metric per method (rows) and NFE (columns) for the cells of one dataset; best per column bold.
+
+    ``cells`` must carry the labels of :func:`with_labels`. The last column, "PAS params", gives the
+    range of stored PAS coordinates over the NFEs of that row (one number when they agree).
+    """
+    values = _pivot(cells, "value").reindex(_method_order(cells))
+    text = values.map(format_value)
+    best = text.eq(values.min().map(format_value), axis=1) & values.notna()
+    params = cells.groupby("method")["pas_params"].agg(_params_range) if "pas_params" in cells else None
+    text["PAS params"] = params.reindex(text.index).fillna("") if params is not None else ""
+    best["PAS params"] = False
+    return Table(text=_str_columns(text), bold=_str_columns(best))
+
+
+def gain_table(cells: pd.DataFrame) -> Table | None:
+    """PAS's relative improvement, (base - PAS) / base in percent, per solver family and NFE."""
+    base = _pivot(cells[~cells["pas"]], "value", index="family")
+    fitted = _pivot(cells[cells["pas"]], "value", index="method")
+    if fitted.empty:
+        return None
+    family_of = cells[cells["pas"]].drop_duplicates("method").set_index("method")["family"]
+    order = [m for m in _method_order(cells) if m in fitted.index]
+    fitted = fitted.reindex(order)
+    base_rows = base.reindex(family_of[order].to_numpy()).set_axis(order)
+    gain = 100 * (base_rows - fitted) / base_rows
+    gain = gain.dropna(how="all").dropna(axis=1, how="all")
+    text = gain.map(lambda g: "" if pd.isna(g) else f"{g:+.1f}%")
+    return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)))
+
+
+def time_table(cells: pd.DataFrame) -> Table:
+    """Wall-clock seconds per sample (shown in milliseconds, 3 significant figures)."""
+    millis = 1000 * _pivot(cells, "s_per_sample").reindex(_method_order(cells))
+    text = millis.map(lambda v: "" if pd.isna(v) else f"{v:#.3g}")
+    return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)))
+
+
+def published_table(cells: pd.DataFrame, published: pd.DataFrame) -> Table | None:
+    """Published FIDs beside the measured ones of the same cells (None when no cell matches)."""
+    published = published.assign(
+        pas=published["pas"].map(lambda p: str(p).strip().lower() in ("true", "1"))
+    )
+    measured = cells[cells["metric"] == "fid"]
+    keys = ["dataset", "solver", "pas", "nfe"]
+    merged = measured[[*keys, "method", "value"]].merge(published, on=keys)
+    if merged.empty:
+        return None
+    rank = {name: i for i, name in enumerate(_method_order(cells))}
+    merged = merged.assign(rank=merged["method"].map(rank)).sort_values(["dataset", "rank", "nfe"])
+    text = pd.DataFrame(
+        {
+            "Dataset": merged["dataset"],
+            "NFE": merged["nfe"].astype(str),
+            "Published": merged["fid"].map(format_value),
+            "Measured": merged["value"].map(format_value),
+            "Difference": (merged["value"] - merged["fid"]).map(lambda d: f"{d:+.2f}"),
+            "Source": merged["source"],
+        }
+    ).set_index(merged["method"].rename(None))
+    return Table(
+        text=text,
+        bold=text.map(lambda _: False),
+        columns_name=None,
+        left_columns=("Dataset", "Source"),
+    )
+
+
+def _str_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Column labels as strings (NFE ints become "3", "4", ...), index name cleared."""
+    frame = frame.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    frame.index.name = None
+    return frame
+
+
+def to_markdown(table: Table) -> str:
+    shown = table.text.where(~table.bold, "**" + table.text + "**")
+    corner = f"{table.index_name} \\ {table.columns_name}" if table.columns_name else table.index_name
+    shown = shown.rename_axis(corner)
+    return shown.to_markdown(disable_numparse=True, colalign=table.alignments())
+
+
+def _styler(table: Table, bold_props: str, escape: str) -> pd.io.formats.style.Styler:
+    shown = table.text.rename_axis(index=table.index_name, columns=table.columns_name)
+    styler = shown.style.format(escape=escape)
+    styler = styler.format_index(escape=escape, axis=0).format_index(escape=escape, axis=1)
+    mask = table.bold.set_axis(shown.index).set_axis(shown.columns, axis=1)
+    return styler.apply(lambda _: mask.map(lambda b: bold_props if b else ""), axis=None)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``tabular`` (no float environment), ready for ``\\input``; text is LaTeX-escaped."""
+    spec = "".join(a[0] for a in table.alignments())
+    return _styler(table, "textbf:--rwrap;", "latex").to_latex(hrules=True, column_format=spec)
+
+
+def to_html(table: Table, table_id: str) -> str:
+    styler = _styler(table, "font-weight: bold;", "html").set_uuid(table_id)
+    return styler.set_table_attributes('class="results"').to_html(cell_ids=False)
+
