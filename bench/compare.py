@@ -1,0 +1,194 @@
+"""``python -m bench.compare BASELINE CANDIDATE [--metric-tol REL] [--time-tol REL]``: regressions.
+
+BASELINE and CANDIDATE are run files or store folders. Cells are matched by ``config_hash``, the
+hash of everything that determines a cell's numbers (model, dataset, solver, NFE, schedule,
+options, PAS settings, sample count and seeds, dtype, precision, metric): two rows with the same
+hash must give the same metric, and rows that differ in any of those settings never match. A
+looser key such as (dataset, solver, nfe, pas, schedule, num_samples) would silently compare a
+float32 run with a float64 baseline, or different solver options; with the hash such a change shows
+up as cells missing on both sides instead, which asks for a deliberate baseline refresh.
+
+Exit status: 1 when a matched cell's metric (FD/FID, lower is better) rose by more than
+``--metric-tol`` (relative), when its ``s_per_sample`` rose by more than ``--time-tol`` (relative;
+checked only when given), or when no cell matches at all; 2 on bad input; 0 otherwise.
+
+The default metric tolerance, 1e-9 relative, holds CPU float64 runs to their own determinism: the
+same code gives the same bits, and 1e-9 leaves room only for reordered float64 sums (a different
+BLAS or library version), far below any real change in sampling quality. Use a looser tolerance
+for GPU or float32 baselines.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from bench.errors import UserError
+from bench.results import load_rows
+
+DEFAULT_METRIC_TOL = 1e-9
+CELL_LABEL = ["dataset", "solver", "nfe", "pas"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Matched cells with their changes, cells on one side only, and the regression count."""
+
+    matched: pd.DataFrame
+    only_baseline: pd.DataFrame
+    only_candidate: pd.DataFrame
+
+    @property
+    def regressions(self) -> int:
+        return int((self.matched["worse"] | self.matched["slower"]).sum())
+
+    @property
+    def changed(self) -> pd.DataFrame:
+        return self.matched[self.matched["changed"] | self.matched["worse"] | self.matched["slower"]]
+
+    @property
+    def failed(self) -> bool:
+        return self.regressions > 0 or self.matched.empty
+
+
+def load_side(path: Path) -> pd.DataFrame:
+    """The newest row per cell of one side; missing paths, unreadable JSON and empty stores are errors."""
+    if not path.exists():
+        raise UserError(f"no such file or folder: {path}")
+    try:
+        rows = load_rows([path])
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if rows.empty or rows["config_hash"].isna().any():
+        raise UserError(f"no result rows (with a config_hash) in {path}")
+    newest = rows.assign(created=pd.to_datetime(rows["created_at"], utc=True)).sort_values("created", kind="stable")
+    return newest.drop_duplicates("config_hash", keep="last").set_index("config_hash")
+
+
+def relative_change(base: pd.Series, cand: pd.Series) -> pd.Series:
+    """(cand - base) / |base|; 0 for equal values, +-inf for a change away from 0."""
+    diff = cand - base
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (diff / base.abs()).where(diff != 0, 0.0)
+
+
+def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
+            time_tol: float | None) -> Comparison:
+    """Match rows by config hash and flag metrics worse than ``metric_tol`` / times slower than ``time_tol``."""
+    common = baseline.index.intersection(candidate.index)
+    base, cand = baseline.loc[common], candidate.loc[common]
+    metric_rel = relative_change(base["value"], cand["value"])
+    time_rel = relative_change(base["s_per_sample"], cand["s_per_sample"])
+    lost = cand["value"].isna() & base["value"].notna()
+    matched = base[CELL_LABEL].assign(
+        metric=base["metric"],
+        value_base=base["value"],
+        value_cand=cand["value"],
+        metric_rel=metric_rel,
+        time_base=base["s_per_sample"],
+        time_cand=cand["s_per_sample"],
+        time_rel=time_rel,
+        changed=~((base["value"] == cand["value"]) | (base["value"].isna() & cand["value"].isna())),
+        worse=(metric_rel > metric_tol) | lost,
+        slower=(time_rel > time_tol) if time_tol is not None else False,
+    )
+    return Comparison(
+        matched=matched,
+        only_baseline=baseline.loc[baseline.index.difference(candidate.index), CELL_LABEL],
+        only_candidate=candidate.loc[candidate.index.difference(baseline.index), CELL_LABEL],
+    )
+
+
+def _status(row: pd.Series) -> str:
+    flags = [name for name in ("worse", "slower") if row[name]]
+    if flags:
+        return ", ".join(flags).upper()
+    return "better" if row["metric_rel"] < 0 else "changed"
+
+
+def changed_table(comparison: Comparison) -> str:
+    """The changed and regressed cells as a text table."""
+    changed = comparison.changed
+    shown = pd.DataFrame(
+        {
+            **{key: changed[key] for key in CELL_LABEL},
+            "metric": changed["metric"],
+            "base": changed["value_base"].map("{:.10g}".format),
+            "candidate": changed["value_cand"].map("{:.10g}".format),
+            "rel": changed["metric_rel"].map("{:+.2e}".format),
+            "s/sample base": changed["time_base"].map("{:.3g}".format),
+            "s/sample cand": changed["time_cand"].map("{:.3g}".format),
+            "time rel": changed["time_rel"].map("{:+.1%}".format),
+            "status": changed.apply(_status, axis=1),
+        }
+    )
+    return tabulate(shown, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+
+
+def report(comparison: Comparison, baseline: Path, candidate: Path) -> str:
+    """Everything ``main`` prints: a summary line, changed cells, cells missing on either side."""
+    parts = [
+        f"{len(comparison.matched)} cells matched, {len(comparison.changed)} changed, "
+        f"{comparison.regressions} regression(s); {len(comparison.only_baseline)} only in {baseline}, "
+        f"{len(comparison.only_candidate)} only in {candidate}"
+    ]
+    if comparison.matched.empty:
+        parts.append("no cell matches: a changed config hash needs a deliberate baseline refresh "
+                     "(results/baseline/README.md)")
+    if not comparison.changed.empty:
+        parts.append(changed_table(comparison))
+    for name, cells in ((f"only in {baseline}", comparison.only_baseline),
+                        (f"only in {candidate}", comparison.only_candidate)):
+        if not cells.empty:
+            parts.append(f"{name}:\n" + tabulate(cells, headers="keys", tablefmt="simple"))
+    return "\n\n".join(parts)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a UserError: one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tolerance must be a number >= 0, got {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("baseline", type=Path, help="baseline run file or store folder")
+    parser.add_argument("candidate", type=Path, help="candidate run file or store folder")
+    parser.add_argument("--metric-tol", type=_tolerance, default=DEFAULT_METRIC_TOL, metavar="REL",
+                        help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
+    parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
+                        help="allowed relative s_per_sample increase (default: times not checked)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        comparison = compare(load_side(args.baseline), load_side(args.candidate), args.metric_tol, args.time_tol)
+    except UserError as err:
+        print(f"bench.compare: {err}", file=sys.stderr)
+        return 2
+    print(report(comparison, args.baseline, args.candidate))
+    return 1 if comparison.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

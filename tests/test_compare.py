@@ -1,0 +1,94 @@
+"""python -m bench.compare: exit codes for identical, worse, slower, missing and malformed stores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from store_factory import NFES, make_row, write_rows
+
+from bench.compare import main
+
+SOLVERS = ("ddim", "ipndm")
+
+
+def rows(**changes: dict[str, float]) -> list[dict]:
+    """Every gmm2d cell; ``changes`` maps "solver-nfe-pas" to field overrides (hash unchanged)."""
+    out = []
+    for solver in SOLVERS:
+        for nfe in NFES:
+            for pas in (False, True):
+                row = make_row("gmm2d", solver, nfe, pas)
+                row.update(changes.get(f"{solver}-{nfe}-{'pas' if pas else 'base'}", {}))
+                out.append(row)
+    return out
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> Path:
+    return write_rows(tmp_path / "baseline" / "smoke.jsonl", rows())
+
+
+def candidate(tmp_path: Path, **changes: dict[str, float]) -> Path:
+    return write_rows(tmp_path / "candidate" / "run.jsonl", rows(**changes))
+
+
+def test_identical_stores_pass(tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(baseline), str(tmp_path / "baseline")]) == 0
+    assert capsys.readouterr().out.startswith("12 cells matched, 0 changed, 0 regression(s)")
+
+
+def test_worse_metric_past_tolerance_fails(tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
+    value = make_row("gmm2d", "ipndm", 6, True)["value"]
+    worse = candidate(tmp_path, **{"ipndm-6-pas": {"value": value * (1 + 1e-6)}})
+    assert main([str(baseline), str(worse)]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s)" in out
+    assert [line.split()[:4] for line in out.splitlines() if "WORSE" in line] == [["gmm2d", "ipndm", "6", "True"]]
+    assert main([str(baseline), str(worse), "--metric-tol", "2e-6"]) == 0
+
+
+def test_changes_within_default_tolerance_or_better_pass(tmp_path: Path, baseline: Path) -> None:
+    value = make_row("gmm2d", "ddim", 4, False)["value"]
+    changed = candidate(tmp_path, **{"ddim-4-base": {"value": value * (1 + 1e-12)},
+                                     "ddim-6-base": {"value": 0.5}})
+    assert main([str(baseline), str(changed)]) == 0
+
+
+def test_slower_time_fails_only_with_time_tol(tmp_path: Path, baseline: Path) -> None:
+    slower = candidate(tmp_path, **{"ddim-10-pas": {"s_per_sample": 10e-5 * 1.5}})
+    assert main([str(baseline), str(slower)]) == 0
+    assert main([str(baseline), str(slower), "--time-tol", "0.1"]) == 1
+    assert main([str(baseline), str(slower), "--time-tol", "0.6"]) == 0
+
+
+def test_newest_row_per_cell_is_compared(tmp_path: Path, baseline: Path) -> None:
+    """An older, worse row in the candidate store is superseded by a newer, equal one."""
+    cand = candidate(tmp_path)
+    stale = make_row("gmm2d", "ddim", 4, False, value=100.0, created_at="2025-01-01T00:00:00+00:00")
+    write_rows(cand.parent / "old.jsonl", [stale])
+    assert main([str(baseline), str(cand.parent)]) == 0
+    write_rows(cand.parent / "old.jsonl", [{**stale, "created_at": "2025-12-01T00:00:00+00:00"}])
+    assert main([str(baseline), str(cand.parent)]) == 1
+
+
+def test_missing_cells_are_listed(tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
+    fewer = write_rows(tmp_path / "fewer.jsonl", rows()[:-1])
+    assert main([str(baseline), str(fewer)]) == 0
+    out = capsys.readouterr().out
+    assert f"only in {baseline}:" in out and "ipndm" in out.split("only in")[-1]
+    other = write_rows(tmp_path / "other.jsonl", [make_row("digits", "ddim", 4, False)])
+    assert main([str(baseline), str(other)]) == 1  # nothing matches: the hash changed
+
+
+@pytest.mark.parametrize("kind", ["missing", "bad-json", "empty", "bad-tol"])
+def test_bad_input_exits_2(tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture, kind: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    if kind == "bad-json":
+        bad.write_text('{"config_hash": "x"\n')
+    elif kind == "empty":
+        bad.write_text("")
+    extra = ["--metric-tol", "-1"] if kind == "bad-tol" else []
+    target = baseline if kind == "bad-tol" else bad
+    assert main([str(baseline), str(target), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench.compare: ") and err.count("\n") == 1
