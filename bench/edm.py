@@ -1,6 +1,128 @@
-"""EDM checkpoint datasets (placeholder; filled in by the checkpoint work)."""
+"""The EDM checkpoint datasets: NVIDIA's published networks and FID reference statistics.
+
+Sources (NVlabs/edm README, "Pre-trained models" and "Calculating FID"):
+networks under https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ and reference statistics under
+https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/. The unconditional VP networks are the ones the
+solver papers (diff-solvers, PAS) evaluate; ImageNet 64x64 is EDM's class-conditional ADM
+network, paired with ``imagenet-64x64.npz`` as EDM's README prescribes.
+
+The statistics were computed by EDM with its TorchScript port of the TensorFlow FID Inception;
+pasbench computes features with pytorch-fid's port of the same network (see bench.inception).
+"""
 from __future__ import annotations
 
-from bench.dataset_spec import DatasetSpec
+from pathlib import Path
 
-EDM_SPECS: list[DatasetSpec] = []
+import numpy as np
+import torch
+
+from bench.checkpoints import load_edm
+from bench.dataset_spec import DatasetSpec
+from bench.downloads import cached_path, fetch, is_url
+from bench.errors import UserError
+
+PRETRAINED_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+FID_REFS_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
+
+
+def _edm_spec(
+    name: str, resolution: int, model_file: str, ref_file: str, batch_size: int, label_dim: int, description: str
+) -> DatasetSpec:
+    url = PRETRAINED_URL + model_file
+    spec_range = {"sigma_min": 0.002, "sigma_max": 80.0}
+
+    def build(
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        model_path: str | Path | None = None,
+        precision: str = "fp32",
+        cache_dir: str | Path | None = None,
+        **_,
+    ):
+        return load_edm(
+            model_path or url, device=device, precision=precision, cache_dir=cache_dir, dtype=dtype, **spec_range
+        )
+
+    return DatasetSpec(
+        name=name,
+        shape=(3, resolution, resolution),
+        metric="fid",
+        build=build,
+        default_num_samples=50_000,
+        default_batch_size=batch_size,
+        label_dim=label_dim,
+        thresholding=True,
+        description=description,
+        model_url=url,
+        ref_stats_url=FID_REFS_URL + ref_file,
+        **spec_range,
+    )
+
+
+# Batch sizes divide 50,000 and fit one 80 GB GPU with room to spare (the 64x64 nets are larger).
+EDM_SPECS: list[DatasetSpec] = [
+    _edm_spec("cifar10", 32, "edm-cifar10-32x32-uncond-vp.pkl", "cifar10-32x32.npz", 500, 0,
+              "EDM CIFAR-10 32x32 unconditional VP (DDPM++)"),
+    _edm_spec("ffhq", 64, "edm-ffhq-64x64-uncond-vp.pkl", "ffhq-64x64.npz", 250, 0,
+              "EDM FFHQ 64x64 unconditional VP (DDPM++)"),
+    _edm_spec("afhqv2", 64, "edm-afhqv2-64x64-uncond-vp.pkl", "afhqv2-64x64.npz", 250, 0,
+              "EDM AFHQv2 64x64 unconditional VP (DDPM++)"),
+    _edm_spec("imagenet64", 64, "edm-imagenet-64x64-cond-adm.pkl", "imagenet-64x64.npz", 125, 1000,
+              "EDM ImageNet 64x64 class-conditional ADM; labels drawn from each sample's seed"),
+]
+
+
+def reference_stats(
+    spec: DatasetSpec, ref_stats: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma), float64, of the FID reference: ``ref_stats`` (path or URL) or the spec's URL."""
+    source = ref_stats if ref_stats is not None else spec.ref_stats_url
+    if source is None:
+        raise UserError(
+            f"dataset {spec.name!r} has no reference statistics; pass a .npz with mu and sigma "
+            "(make one with python -m bench.fid_ref)"
+        )
+    path = fetch(str(source), cached_path(str(source), cache_dir)) if is_url(source) else Path(source)
+    if not path.is_file():
+        raise UserError(f"reference statistics not found: {path}")
+    return _read_stats(path)
+
+
+def _read_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from bench.inception import FEATURE_DIM  # lazy: torchvision costs every registry user a second
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read reference statistics {path} (need arrays mu and sigma): {err}") from None
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise UserError(
+            f"{path}: mu {mu.shape} and sigma {sigma.shape} are not Inception pool statistics "
+            f"({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM})"
+        )
+    return mu, sigma
+
+
+def required_downloads(
+    spec: DatasetSpec,
+    model_path: str | Path | None = None,
+    ref_stats: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[tuple[str, Path, bool]]:
+    """(url, cache path, already present) for every file a run of ``spec`` would download.
+
+    Local files given by the user are not downloads and are not listed.
+    """
+    wanted = [model_path or spec.model_url, ref_stats or spec.ref_stats_url]
+    rows = []
+    for source in wanted:
+        if source is not None and is_url(source):
+            path = cached_path(str(source), cache_dir)
+            rows.append((str(source), path, path.is_file()))
+    if spec.metric == "fid":
+        from bench.inception import FID_WEIGHTS_URL, default_weights_path  # lazy, see _read_stats
+
+        weights = default_weights_path()
+        rows.append((FID_WEIGHTS_URL, weights, weights.is_file()))
+    return rows
