@@ -112,4 +112,7 @@ def get_schedule(
         return discrete(s, sigma_min, sigma_max, rho, alphas_cumprod)
     if alphas_cumprod is not None:
         raise ValueError(f"alphas_cumprod is only used by the discrete schedule, not {name!r}")
-    return SCHEDULES[name](s, sigma_min, sigma_max, rho)
+    t = SCHEDULES[name](s, sigma_min, sigma_max, rho)
+    # The endpoints are exact in exact arithmetic; pin them so that x_0 = sigma_max * latents.
+    t[0], t[-1] = sigma_max, sigma_min
+    return t

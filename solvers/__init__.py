@@ -1,0 +1,21 @@
+"""Diffusion ODE solvers in EDM's convention: time schedules, the solver registry, sampling."""
+from .context import Correction, StepContext
+from .registry import REGISTRY, SolverSpec, get_solver, solver_names
+from .sampling import sample
+from .schedules import get_schedule, schedule_names
+from .seeds import latents_for_seeds
+from .unipc import unipc_coefficients
+
+__all__ = [
+    "Correction",
+    "REGISTRY",
+    "SolverSpec",
+    "StepContext",
+    "get_schedule",
+    "get_solver",
+    "latents_for_seeds",
+    "sample",
+    "schedule_names",
+    "solver_names",
+    "unipc_coefficients",
+]

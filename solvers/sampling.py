@@ -1,0 +1,107 @@
+"""The sampling driver: one loop for every solver, with or without a correction hook."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .context import Correction, StepContext
+from .registry import SolverSpec, get_solver
+from .schedules import get_schedule
+from .stepper import Model
+
+# EDM's range, used when a denoiser does not carry its own sigma_min / sigma_max.
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+
+Denoiser = Callable[..., Tensor]
+
+
+def sample(
+    denoiser: Denoiser,
+    latents: Tensor,
+    solver: str,
+    nfe: int,
+    schedule: str | Tensor | Sequence[float] | None = None,
+    *,
+    correction: Correction | None = None,
+    class_labels: Tensor | None = None,
+    return_trajectory: bool = False,
+    **options: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Integrate the probability-flow ODE from x_0 = t_0 * latents with exactly ``nfe`` denoiser calls.
+
+    ``schedule``: None (the solver's default), a schedule name, or N+1 explicit times used verbatim.
+    Each step is x_{i+1} = x_i + (t_{i+1} - t_i) d, where d is the solver's effective direction,
+    or what ``correction`` returns for it. Returns x_N (D(x_N, t_N) with denoise_to_zero), and
+    with ``return_trajectory`` also the states x_0..x_N as one [N+1, B, *shape] tensor.
+    """
+    spec = get_solver(solver)
+    opts = spec.resolve(options)
+    if not isinstance(latents, Tensor) or not latents.is_floating_point() or latents.dim() < 2:
+        got = latents.dtype if isinstance(latents, Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be a floating-point tensor [B, *shape], got {got}")
+    num_steps = spec.steps_for_nfe(nfe, **opts)
+    times = _times(denoiser, spec, schedule, num_steps, opts)
+    ts = times.to(device=latents.device, dtype=latents.dtype)
+    tf = ts.tolist()  # one device sync; all per-step coefficient math runs on Python floats
+
+    def model(x: Tensor, j: int) -> Tensor:
+        if class_labels is None:
+            return denoiser(x, ts[j])
+        return denoiser(x, ts[j], class_labels)
+
+    stepper = spec.stepper(model, tf, opts)
+    traj = latents.new_empty((num_steps + 1, *latents.shape)) if return_trajectory else None
+    x_T = torch.mul(latents, tf[0], out=None if traj is None else traj[0])
+    x = x_T
+    used: list[Tensor] = []
+    for i in range(num_steps):
+        d = stepper.direction(i, x)
+        if correction is not None:
+            ctx = StepContext(i, num_steps, ts[i], ts[i + 1], x, d, x_T, tuple(used))
+            d = _checked(correction(ctx), x)
+            used.append(d)
+        x = torch.add(x, d, alpha=tf[i + 1] - tf[i], out=None if traj is None else traj[i + 1])
+    if opts["denoise_to_zero"]:
+        x = model(x, num_steps)
+    return (x, traj) if return_trajectory else x
+
+
+def _times(
+    denoiser: Denoiser,
+    spec: SolverSpec,
+    schedule: str | Tensor | Sequence[float] | None,
+    num_steps: int,
+    opts: dict[str, Any],
+) -> Tensor:
+    """The N+1 float64 schedule times."""
+    if schedule is None or isinstance(schedule, str):
+        name = schedule or spec.default_schedule
+        return get_schedule(
+            name,
+            num_steps + 1,
+            getattr(denoiser, "sigma_min", SIGMA_MIN),
+            getattr(denoiser, "sigma_max", SIGMA_MAX),
+            rho=opts["rho"],
+            alphas_cumprod=getattr(denoiser, "alphas_cumprod", None) if name == "discrete" else None,
+        )
+    times = torch.as_tensor(schedule).detach().to(device="cpu", dtype=torch.float64)
+    if times.shape != (num_steps + 1,):
+        raise ValueError(
+            f"an explicit schedule for {spec.name} at this nfe needs {num_steps + 1} times "
+            f"(N+1 for N={num_steps} steps), got shape {tuple(times.shape)}"
+        )
+    if not (times[-1] > 0 and bool((times[1:] < times[:-1]).all())):
+        raise ValueError("an explicit schedule must be positive and strictly decreasing")
+    return times
+
+
+def _checked(direction: Tensor, x: Tensor) -> Tensor:
+    if not isinstance(direction, Tensor) or direction.shape != x.shape or direction.dtype != x.dtype:
+        got = (tuple(direction.shape), direction.dtype) if isinstance(direction, Tensor) else direction
+        raise ValueError(
+            f"a correction must return a tensor of shape {tuple(x.shape)} and dtype {x.dtype}, "
+            f"got {got}"
+        )
+    return direction

@@ -1,0 +1,64 @@
+"""The per-step rule every solver implements: its effective direction (solvers-spec section 7).
+
+The driver (sampling.py) asks a Stepper for d~_i, lets a correction replace it, and takes the
+step x_{i+1} = x_i + (t_{i+1} - t_i) d_used. A Stepper keeps its own history of raw model
+quantities at the states actually reached; corrections never touch it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import Tensor
+
+from .thresholding import dynamic_threshold
+
+Model = Callable[[Tensor, int], Tensor]
+"""model(x, j) = D(x, t_j): the denoiser at schedule point j."""
+
+
+def lincomb(terms: Iterable[tuple[float, Tensor]]) -> Tensor:
+    """sum(c * tensor) as a new tensor, one pass per term."""
+    it = iter(terms)
+    coef, first = next(it)
+    out = first * coef
+    for coef, tensor in it:
+        out.add_(tensor, alpha=coef)
+    return out
+
+
+class Stepper:
+    """Base class: one instance per sampling run, ``direction`` is called for i = 0..N-1."""
+
+    def __init__(self, model: Model, times: list[float], options: Mapping[str, Any]):
+        self.model = model
+        self.t = times
+        self.num_steps = len(times) - 1
+        self.afs = options["afs"]
+        self.thresholding = options.get("thresholding", False)
+
+    def direction(self, i: int, x: Tensor) -> Tensor:
+        """The solver's own effective direction d~_i at the reached state x = x_i."""
+        raise NotImplementedError
+
+    def delta(self, i: int) -> float:
+        return self.t[i + 1] - self.t[i]
+
+    def ode_direction(self, j: int, x: Tensor) -> Tensor:
+        """d(x, t_j) = (x - D(x, t_j)) / t_j."""
+        return (x - self.model(x, j)).div_(self.t[j])
+
+    def raw_direction(self, i: int, x: Tensor) -> Tensor:
+        """d(x_i, t_i), with AFS's analytic value replacing the model call at step 0 (section 2.1)."""
+        if i == 0 and self.afs:
+            return x * (1 / math.sqrt(1 + self.t[0] ** 2))
+        return self.ode_direction(i, x)
+
+    def data(self, j: int, x: Tensor) -> Tensor:
+        """Data prediction at schedule point j as it enters a history: AFS at j = 0, then DT."""
+        if j == 0 and self.afs:
+            t0 = self.t[0]
+            denoised = x * (1 - t0 / math.sqrt(1 + t0**2))
+        else:
+            denoised = self.model(x, j)
+        return dynamic_threshold(denoised) if self.thresholding else denoised
