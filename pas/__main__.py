@@ -1,0 +1,192 @@
+"""Command line: ``python -m pas fit ...`` writes an artifact, ``show FILE`` shows it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from pas.adaptive import fit
+from pas.artifact import PASArtifact
+from pas.search import LOSSES
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of usage plus message."""
+
+    def error(self, message: str) -> None:
+        raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pas", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    f = commands.add_parser("fit", help="fit PAS coordinates for one solver and NFE")
+    f.add_argument("--dataset", required=True, help="a name from bench's dataset registry")
+    f.add_argument("--solver", required=True, help="ddim, ipndm, dpmpp or unipc")
+    f.add_argument("--nfe", type=int, required=True)
+    f.add_argument("--out", required=True, help="artifact path (JSON)")
+    f.add_argument("--schedule", help="schedule name (default: the solver's)")
+    f.add_argument("--order", type=int, help="max order of multistep solvers")
+    f.add_argument(
+        "--thresholding",
+        action=argparse.BooleanOptionalAction,
+        help="dynamic thresholding of dpmpp/unipc (default: the dataset's)",
+    )
+    f.add_argument("--trajectories", type=int, default=5000)
+    f.add_argument("--teacher-nfe", type=int, default=100)
+    f.add_argument("--k", type=int, default=4, help="basis size (coordinates per step)")
+    f.add_argument("--loss", default="L1", help=", ".join(LOSSES))
+    f.add_argument("--lr", type=float, default=0.01)
+    f.add_argument("--epochs", type=int, default=1000)
+    f.add_argument("--early-stop", type=int, default=10)
+    f.add_argument("--tau-first", type=float, default=1e-4)
+    f.add_argument("--tau", type=float, default=1e-4)
+    f.add_argument(
+        "--no-xT", dest="use_xT", action="store_false", help="leave x_T out of the PCA buffer"
+    )
+    f.add_argument("--batch-size", type=int, default=256)
+    f.add_argument("--cache-dir", help="default: $PASBENCH_CACHE or ~/.cache/pasbench")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = commands.add_parser("show", help="summarise an artifact")
+    s.add_argument("path")
+    return parser
+
+
+def _solver_options(args: argparse.Namespace, dataset_thresholding: bool) -> dict[str, Any]:
+    import solvers
+
+    takes = solvers.get_solver(args.solver).options
+    options: dict[str, Any] = {}
+    if args.order is not None:
+        options["order"] = args.order
+    if "thresholding" in takes:
+        options["thresholding"] = (
+            dataset_thresholding if args.thresholding is None else args.thresholding
+        )
+    elif args.thresholding is not None:
+        raise ValueError(f"{args.solver} has no thresholding option")
+    return options
+
+
+def _fit(args: argparse.Namespace) -> int:
+    # The CLI is the user's entry point, so it may use bench's registry; the library never does.
+    from bench.datasets import get_dataset
+    from bench.errors import UserError
+
+    spec = get_dataset(args.dataset)
+    dtype = DTYPES[args.dtype]
+    try:
+        denoiser = spec.build(device=args.device, dtype=dtype)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+    art = fit(
+        denoiser,
+        args.solver,
+        args.nfe,
+        schedule=args.schedule,
+        trajectories=args.trajectories,
+        teacher_nfe=args.teacher_nfe,
+        k=args.k,
+        use_xT=args.use_xT,
+        loss=args.loss,
+        lr=args.lr,
+        epochs=args.epochs,
+        early_stop=args.early_stop,
+        tau_first=args.tau_first,
+        tau=args.tau,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        dtype=dtype,
+        dataset=spec.name,
+        progress=not args.quiet,
+        **_solver_options(args, spec.thresholding),
+    )
+    art.save(args.out)
+    print(summary(art))
+    print(f"saved {args.out}")
+    return 0
+
+
+def summary(art: PASArtifact) -> str:
+    """A readable description of an artifact: settings, then one row per searched step."""
+    teacher = art.teacher
+    seeds = teacher.get("seeds")
+    seed_text = f"seeds {seeds[0]}..{seeds[1] - 1}" if seeds else "custom seeds"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(art.options.items()))
+    cached = " (cached)" if teacher.get("cached") else ""
+    head = [
+        f"PAS artifact: {art.solver} at NFE {art.nfe} on {art.dataset} (model {art.model})",
+        f"options: {options}; dtype {art.dtype}",
+        f"schedule: {art.schedule or 'explicit times'}, sigma {art.sigma_min:g}..{art.sigma_max:g}",
+        (
+            f"basis: k={art.k}, use_xT={art.use_xT}; loss {art.loss}, lr {art.lr:g}, "
+            f"epochs <= {art.epochs}, early stop {art.early_stop}, "
+            f"tau first {art.tau_first:g}, tau {art.tau:g}"
+        ),
+        (
+            f"teacher: {teacher.get('solver')} ~{teacher.get('nfe')} NFE, "
+            f"{teacher.get('trajectories')} trajectories ({seed_text}), "
+            f"{art.teacher_seconds:.1f} s{cached}"
+        ),
+        (
+            f"fit: {art.fit_seconds:.1f} s; n_params {art.n_params} "
+            f"on {len(art.corrected)} corrected steps {sorted(art.corrected)}"
+        ),
+    ]
+    rows = [
+        [
+            s.index,
+            f"{art.times[s.index]:.4g} -> {art.times[s.index + 1]:.4g}",
+            s.n_coords,
+            s.epochs,
+            f"{s.loss_before:.5g}",
+            f"{s.loss_after:.5g}",
+            "yes" if s.accepted else "no",
+            " ".join(f"{c:.5g}" for c in art.corrected.get(s.index, [])),
+        ]
+        for s in art.search
+    ]
+    table = tabulate(
+        rows,
+        headers=[
+            "step",
+            "t",
+            "coords",
+            "epochs",
+            "loss before",
+            "loss after",
+            "accepted",
+            "coordinates",
+        ],
+    )
+    return "\n".join(head) + "\n" + table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            return _fit(args)
+        print(summary(PASArtifact.load(args.path)))
+        return 0
+    except (ValueError, OSError) as err:
+        return _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The per-sample PAS basis: orthonormal, exact PCA, sign rule, batch-independent, no noise rows."""
+
+import numpy as np
+import pytest
+import torch
+
+from pas.basis import build_basis, combine, n_coords, relative_floor
+
+F64 = torch.float64
+
+
+def _buffer(batch: int, dim: int = 64, used: int = 3, seed: int = 0):
+    """A trajectory-like buffer: x_T (large), directions, the current state and direction."""
+    gen = torch.Generator().manual_seed(seed)
+    x_T = 80 * torch.randn(batch, 1, 8, dim // 8, generator=gen, dtype=F64)
+    dirs = [x_T / 80 + 0.3 * torch.randn(x_T.shape, generator=gen, dtype=F64) for _ in range(used)]
+    x = x_T - 5 * sum(dirs)
+    d = x / 10 + 0.3 * torch.randn(x_T.shape, generator=gen, dtype=F64)
+    return x, d, [x_T, *dirs], x_T
+
+
+def test_rows_are_orthonormal_and_u1_is_the_normalised_direction():
+    x, d, buf, x_T = _buffer(32)
+    basis = build_basis(x, d, buf, x_T, 4)
+    assert basis.shape == (32, 4, 64) and basis.dtype == F64
+    gram = basis @ basis.transpose(1, 2)
+    assert (gram - torch.eye(4, dtype=F64)).abs().max() < 1e-10
+    flat = d.reshape(32, -1)
+    assert torch.allclose(basis[:, 0], flat / flat.norm(dim=1, keepdim=True), rtol=0, atol=1e-15)
+
+
+def test_principal_directions_match_numpy_svd():
+    """u_2..u_k = Gram-Schmidt of the top right singular vectors of the centred buffer (spec 3)."""
+    x, d, buf, x_T = _buffer(5)
+    basis = build_basis(x, d, buf, x_T, 4).numpy()
+    for s in range(5):
+        rows = np.stack([t[s].reshape(-1).numpy() for t in [*buf, d]])
+        _, _, vt = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
+        q, _ = np.linalg.qr(np.concatenate([rows[-1:], vt[:3]]).T)
+        # Same spans, nested: QR of [d, V_1, V_2, V_3] gives the Gram-Schmidt vectors up to sign.
+        assert np.allclose(np.abs(np.sum(q.T * basis[s], axis=1)), 1.0, atol=1e-9)
+
+
+def test_sign_rule():
+    x, d, buf, x_T = _buffer(16)
+    basis = build_basis(x, d, buf, x_T, 4)
+    progress = (basis[:, 1:] * (x - x_T).reshape(16, 1, -1)).sum(-1)
+    assert (progress > 0).all()
+    # At step 0 (x == x_T) the product above is zero, so <u_k, x_T> decides.
+    start = build_basis(x_T, d, [x_T], x_T, 2)
+    assert n_coords(start) == 2
+    assert ((start[:, 1] * x_T.reshape(16, -1)).sum(-1) > 0).all()
+
+
+def test_same_result_alone_or_in_batches():
+    x, d, buf, x_T = _buffer(64)
+    whole = build_basis(x, d, buf, x_T, 4)
+    for size in (1, 7):
+        parts = [
+            build_basis(
+                x[i : i + size],
+                d[i : i + size],
+                [b[i : i + size] for b in buf],
+                x_T[i : i + size],
+                4,
+            )
+            for i in range(0, 64, size)
+        ]
+        assert torch.equal(torch.cat(parts), whole)
+
+
+def test_rank_deficient_buffer_yields_no_noise_direction():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 6, 64, generator=gen, dtype=F64)
+    # Every row lies in span{a, b}: the data support u_1 = a/|a| and one more direction, no others.
+    basis = build_basis(a, a, [a + b, 2 * a - b, b], a + b, 4)
+    assert n_coords(basis) == 2
+    assert torch.equal(basis[:, 2:], torch.zeros_like(basis[:, 2:]))
+    span = torch.linalg.qr(torch.stack([a, b], dim=2)).Q
+    inside = span @ (span.transpose(1, 2) @ basis[:, 1, :, None])
+    assert torch.allclose(inside[..., 0], basis[:, 1], atol=1e-12)
+    # A buffer that centres to zero (no use_xT at step 0) supports u_1 only.
+    assert n_coords(build_basis(a, a, [], a, 4)) == 1
+    assert n_coords(build_basis(a, a, [a], a, 4)) == 1
+
+
+def test_noise_floor_and_combine():
+    assert relative_floor(torch.float32, 5) > relative_floor(F64, 5) > 0
+    x, d, buf, x_T = _buffer(4)
+    basis = build_basis(x, d, buf, x_T, 3)
+    coords = torch.tensor([2.0, -1.0, 0.5], dtype=F64)
+    expected = 2.0 * basis[:, 0] - basis[:, 1] + 0.5 * basis[:, 2]
+    assert torch.allclose(combine(basis, coords, d).reshape(4, -1), expected, atol=1e-14)
+    with pytest.raises(ValueError, match="k must be"):
+        build_basis(x, d, buf, x_T, 0)
