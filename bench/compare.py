@@ -134,11 +134,12 @@ def changed_table(comparison: Comparison) -> str:
 
 def report(comparison: Comparison, baseline: Path, candidate: Path) -> str:
     """Everything ``main`` prints: a summary line, changed cells, cells missing on either side."""
-    parts = [
+    summary = (
         f"{len(comparison.matched)} cells matched, {len(comparison.changed)} changed, "
         f"{comparison.regressions} regression(s); {len(comparison.only_baseline)} only in {baseline}, "
         f"{len(comparison.only_candidate)} only in {candidate}"
-    ]
+    )
+    parts = [summary]
     if comparison.matched.empty:
         parts.append("no cell matches: a changed config hash needs a deliberate baseline refresh "
                      "(results/baseline/README.md)")

@@ -16,7 +16,16 @@ import pandas as pd
 from report.load import DEFAULT_STORE, ReportInputError, latest_per_cell, load_rows
 from report.page import Section, TableFile, render
 from report.plots import dataset_figures, slug
-from report.tables import gain_table, metric_table, published_table, time_table, to_latex, to_markdown, with_labels
+from report.tables import (
+    gain_table,
+    metric_table,
+    published_table,
+    settings_table,
+    time_table,
+    to_latex,
+    to_markdown,
+    with_labels,
+)
 
 METRICS = ("fd", "fid")
 DEFAULT_OUT = Path("report/build")
@@ -76,6 +85,8 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
                                 "(base - PAS) / base; positive means PAS is better."))
     tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
                             "Sampling time only (no metric, no PAS fitting), divided by the sample count."))
+    tables.append(TableFile(f"tables/{name}_settings", "Settings", settings_table(cells),
+                            "Seeds are shared by the base and PAS cells of a solver and NFE."))
     for item in tables:
         _write_table(item, out)
     return Section(dataset, metric, len(cells), tables, dataset_figures(cells, dataset, out))

@@ -57,8 +57,11 @@ def provenance(cells: pd.DataFrame) -> pd.DataFrame:
         first=("created_at", "min"),
         last=("created_at", "max"),
     )
+    summary = summary.sort_values("first")
     summary[["first", "last"]] = summary[["first", "last"]].map(lambda t: t.strftime("%Y-%m-%d %H:%M UTC"))
-    return summary.sort_values("first").rename_axis("run")
+    names = {"torch_version": "torch", "package_version": "pasbench", "rows": "cells shown",
+             "first": "first row", "last": "last row"}
+    return summary.reset_index().rename(columns=names)
 
 
 def _table_html(item: TableFile) -> str:
@@ -105,7 +108,7 @@ def render(sections: list[Section], published: TableFile | None, cells: pd.DataF
 {extra}
 <section id="provenance">
 <h2>Provenance</h2>
-{runs.to_html(classes="results", border=0)}
+{runs.to_html(classes="results", border=0, index=False)}
 </section>
 </body>
 </html>

@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from report.load import load_preview
 
@@ -99,8 +100,9 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
 
 
 def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile | None:
-    """One point per cell: metric against wall-clock seconds per sample; marker size = NFE."""
+    """One point per cell: metric against wall-clock milliseconds per sample; marker size = NFE."""
     data = _plot_frame(cells[cells["s_per_sample"] > 0])
+    data = data.assign(ms_per_sample=1000 * data["s_per_sample"])
     if data.empty:
         return None
     metric = data["metric"].iloc[0]
@@ -108,14 +110,18 @@ def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureF
         fig = Figure(figsize=(6.4, 4.0))
         ax = fig.subplots()
         sns.scatterplot(
-            data=data.rename(columns={"nfe": "NFE"}), x="s_per_sample", y="value", hue="Solver",
+            data=data.rename(columns={"nfe": "NFE"}), x="ms_per_sample", y="value", hue="Solver",
             style="Sampler", style_order=[BASE, WITH_PAS], size="NFE", sizes=(25, 150),
             palette=_palette(cells), ax=ax,
         )
         ax.set_xscale("log")
+        # Label 1-2-5 steps only: the default minor labels collide when the range spans < 1 decade.
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         if _wants_log(data["value"]):
             ax.set_yscale("log")
-        ax.set(xlabel="wall-clock per sample (s, log scale)", ylabel=metric_label(metric),
+        ax.set(xlabel="wall-clock per sample (ms, log scale)", ylabel=metric_label(metric),
                title=f"{dataset}: quality vs sampling time")
         _legend_outside(ax)
     stem = f"figures/{slug(dataset)}_quality_vs_time"
@@ -208,8 +214,9 @@ def trajectories(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile
                 continue
             ax = axes[families.index(base["family"]), nfes.index(base["nfe"])]
             ax.set_visible(True)
-            sns.kdeplot(x=teacher_ends[:, 0], y=teacher_ends[:, 1], fill=True, cmap="Greys", levels=8,
-                        thresh=0.05, bw_adjust=0.5, ax=ax)
+            # Rasterized: the filled contours would make the SVG megabytes large.
+            sns.kdeplot(x=teacher_ends[:, 0], y=teacher_ends[:, 1], fill=True, cmap="Greys", levels=6,
+                        thresh=0.05, bw_adjust=0.5, alpha=0.6, rasterized=True, ax=ax)
             _draw_paths(ax, base_preview, fitted_preview)
             ax.set(xlim=(low[0] - pad, high[0] + pad), ylim=(low[1] - pad, high[1] + pad), aspect="equal",
                    xticks=[], yticks=[], xlabel="", ylabel="")

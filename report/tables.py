@@ -57,6 +57,8 @@ def _canonical(value: object) -> str:
         return ", ".join(f"{k}={_canonical(v)}" for k, v in sorted(value.items()))
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # an int stored beside nulls comes back as float
     return str(value)
 
 
@@ -144,6 +146,40 @@ def time_table(cells: pd.DataFrame) -> Table:
     return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)))
 
 
+SETTING_ROWS = {
+    "schedule": "schedule",
+    "num_samples": "samples",
+    "seeds": "seeds",
+    "dtype": "dtype",
+    "precision": "precision",
+}
+
+
+def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
+    """One family's settings, one entry per setting: row fields, solver options, PAS settings."""
+    first = cells.iloc[0]
+    settings = {label: _canonical(first[field]) for field, label in SETTING_ROWS.items() if field in first}
+    if isinstance(first.get("options"), dict):
+        settings |= {name: _canonical(v) for name, v in sorted(first["options"].items())}
+    fitted = [v for v in cells.get("pas_settings", []) if isinstance(v, dict)]
+    if fitted:
+        settings |= {f"PAS {name}": _canonical(v) for name, v in sorted(fitted[0].items())}
+    return settings
+
+
+def settings_table(cells: pd.DataFrame) -> Table:
+    """Settings (rows) behind each solver family's numbers (columns), solver options and PAS included."""
+    order = list(dict.fromkeys(cells.set_index("method").loc[_method_order(cells), "family"]))
+    columns = {family: _family_settings(cells[cells["family"] == family]) for family in order}
+    names = list(dict.fromkeys(name for settings in columns.values() for name in settings))
+    # Shared row fields first (in SETTING_ROWS order), then solver options, then PAS settings.
+    groups = {label: (0, f"{i:03d}") for i, label in enumerate(SETTING_ROWS.values())}
+    names.sort(key=lambda name: groups.get(name, (2 if name.startswith("PAS ") else 1, name)))
+    text = pd.DataFrame(columns, index=names).fillna("")
+    return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)),
+                 index_name="Setting", columns_name=None, left_columns=tuple(text.columns))
+
+
 def published_table(cells: pd.DataFrame, published: pd.DataFrame) -> Table | None:
     """Published FIDs beside the measured ones of the same cells (None when no cell matches)."""
     published = published.assign(
@@ -190,10 +226,19 @@ def to_markdown(table: Table) -> str:
 
 
 def _styler(table: Table, bold_props: str, escape: str) -> pd.io.formats.style.Styler:
-    shown = table.text.rename_axis(index=table.index_name, columns=table.columns_name)
+    """Styled table; without a column-axis name the row labels become a plain first column, so
+    the header is one row ("Setting | DDIM | ...") instead of two."""
+    shown, mask = table.text, table.bold
+    if table.columns_name is None:
+        shown = shown.reset_index(names=table.index_name)
+        mask = mask.reset_index(drop=True).assign(**{table.index_name: False})[shown.columns]
+    else:
+        shown = shown.rename_axis(index=table.index_name, columns=table.columns_name)
     styler = shown.style.format(escape=escape)
     styler = styler.format_index(escape=escape, axis=0).format_index(escape=escape, axis=1)
-    mask = table.bold.set_axis(shown.index).set_axis(shown.columns, axis=1)
+    if table.columns_name is None:
+        styler = styler.hide(axis="index")
+    mask = mask.set_axis(shown.index).set_axis(shown.columns, axis=1)
     return styler.apply(lambda _: mask.map(lambda b: bold_props if b else ""), axis=None)
 
 

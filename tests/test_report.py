@@ -67,6 +67,16 @@ def test_gain_and_time_tables(built: Path) -> None:
     assert rows[0] == ["DDIM", "0.0400", "0.0600", "0.100"]  # s_per_sample = nfe * 1e-5, in ms
 
 
+def test_settings_table(built: Path) -> None:
+    header, *rows = markdown_rows(built / "tables" / "digits_settings.md")
+    assert header == ["Setting", "DDIM", "iPNDM", "my_solver"]
+    settings = {row[0]: row[1:] for row in rows}
+    assert list(settings) == ["schedule", "samples", "seeds", "dtype", "precision", "PAS k", "PAS loss"]
+    assert settings["seeds"] == ["0-999"] * 3 and settings["PAS loss"] == ["L1"] * 3
+    tex = (built / "tables" / "digits_settings.tex").read_text()
+    assert "Setting & DDIM & iPNDM & my\\_solver \\\\\n\\midrule" in tex  # one header row
+
+
 def test_latex_is_balanced_booktabs_and_escaped(built: Path) -> None:
     tex = (built / "tables" / "gmm2d_fd.tex").read_text()
     assert tex.count(r"\begin{tabular}{lrrrr}") == 1 and tex.count(r"\end{tabular}") == 1
