@@ -11,6 +11,7 @@ restores ``sys.modules`` afterwards.
 Security: unpickling runs code, and these pickles execute the module source they carry. Only
 load checkpoints from a source you trust (the URLs in ``bench.edm`` are NVIDIA's own).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ class EDMDenoiser:
         self.sigma_min = max(float(sigma_min), float(net.sigma_min))
         self.sigma_max = min(float(sigma_max), float(net.sigma_max))
 
-    def __call__(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
+    ) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         with self._autocast(x.device):
             out = self.net(x, sigma, class_labels)
@@ -103,7 +106,9 @@ def load_edm(
         # Fixed shapes for the whole run, so letting cuDNN pick the fastest kernels pays off.
         torch.backends.cudnn.benchmark = True
     net = net.eval().requires_grad_(False).to(device)
-    return EDMDenoiser(net, path.stem, precision=precision, dtype=dtype, sigma_min=sigma_min, sigma_max=sigma_max)
+    return EDMDenoiser(
+        net, path.stem, precision=precision, dtype=dtype, sigma_min=sigma_min, sigma_max=sigma_max
+    )
 
 
 def _check_precision(precision: str) -> None:
@@ -118,7 +123,7 @@ def read_edm_pickle(path: Path | str) -> object:
             return pickle.load(f)
     except UserError:
         raise
-    except Exception as err:  # a broken or foreign file can fail in any way while unpickling
+    except Exception as err:  # noqa: BLE001 (a broken or foreign pickle can fail in any way)
         raise UserError(f"cannot read EDM checkpoint {path}: {err}") from None
 
 

@@ -5,6 +5,7 @@ the same folder, are checked (length against the server's Content-Length, sha256
 and are then renamed into place. Any failure removes the temporary file and raises a
 ``UserError`` that names the URL and the exact path where the user can put the file by hand.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,9 @@ def is_url(text: str | os.PathLike) -> bool:
     return urllib.parse.urlsplit(str(text)).scheme in ("http", "https")
 
 
-def fetch(url: str, dest: Path | str, *, sha256: str | None = None, timeout: float = TIMEOUT_S) -> Path:
+def fetch(
+    url: str, dest: Path | str, *, sha256: str | None = None, timeout: float = TIMEOUT_S
+) -> Path:
     """``dest``, downloading ``url`` there first if it is not present yet.
 
     Set ``PASBENCH_OFFLINE=1`` to forbid network access: a missing file then fails at once.
@@ -65,7 +68,9 @@ def fetch(url: str, dest: Path | str, *, sha256: str | None = None, timeout: flo
         with os.fdopen(fd, "wb") as out:
             digest = _download(url, out, timeout, dest.name)
         if sha256 is not None and digest != sha256.lower():
-            raise UserError(_by_hand(url, dest, f"sha256 {digest} differs from the expected {sha256}"))
+            raise UserError(
+                _by_hand(url, dest, f"sha256 {digest} differs from the expected {sha256}")
+            )
         os.replace(tmp, dest)
     except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
         raise UserError(_by_hand(url, dest, _reason(err))) from None
@@ -81,7 +86,10 @@ def _download(url: str, out, timeout: float, label: str) -> str:
     with urllib.request.urlopen(request, timeout=timeout) as response:
         expected = response.length
         written = 0
-        with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
+        # disable=None: a bar on a terminal, nothing in logs and pipes.
+        with tqdm(
+            total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=None
+        ) as bar:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)

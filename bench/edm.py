@@ -9,6 +9,7 @@ network, paired with ``imagenet-64x64.npz`` as EDM's README prescribes.
 The statistics were computed by EDM with its TorchScript port of the TensorFlow FID Inception;
 pasbench computes features with pytorch-fid's port of the same network (see bench.inception).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,13 @@ FID_REFS_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
 
 
 def _edm_spec(
-    name: str, resolution: int, model_file: str, ref_file: str, batch_size: int, label_dim: int, description: str
+    name: str,
+    resolution: int,
+    model_file: str,
+    ref_file: str,
+    batch_size: int,
+    label_dim: int,
+    description: str,
 ) -> DatasetSpec:
     url = PRETRAINED_URL + model_file
     spec_range = {"sigma_min": 0.002, "sigma_max": 80.0}
@@ -40,7 +47,12 @@ def _edm_spec(
         **_,
     ):
         return load_edm(
-            model_path or url, device=device, precision=precision, cache_dir=cache_dir, dtype=dtype, **spec_range
+            model_path or url,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+            dtype=dtype,
+            **spec_range,
         )
 
     return DatasetSpec(
@@ -61,14 +73,42 @@ def _edm_spec(
 
 # Batch sizes divide 50,000 and fit one 80 GB GPU with room to spare (the 64x64 nets are larger).
 EDM_SPECS: list[DatasetSpec] = [
-    _edm_spec("cifar10", 32, "edm-cifar10-32x32-uncond-vp.pkl", "cifar10-32x32.npz", 500, 0,
-              "EDM CIFAR-10 32x32 unconditional VP (DDPM++)"),
-    _edm_spec("ffhq", 64, "edm-ffhq-64x64-uncond-vp.pkl", "ffhq-64x64.npz", 250, 0,
-              "EDM FFHQ 64x64 unconditional VP (DDPM++)"),
-    _edm_spec("afhqv2", 64, "edm-afhqv2-64x64-uncond-vp.pkl", "afhqv2-64x64.npz", 250, 0,
-              "EDM AFHQv2 64x64 unconditional VP (DDPM++)"),
-    _edm_spec("imagenet64", 64, "edm-imagenet-64x64-cond-adm.pkl", "imagenet-64x64.npz", 125, 1000,
-              "EDM ImageNet 64x64 class-conditional ADM; labels drawn from each sample's seed"),
+    _edm_spec(
+        "cifar10",
+        32,
+        "edm-cifar10-32x32-uncond-vp.pkl",
+        "cifar10-32x32.npz",
+        500,
+        0,
+        "EDM CIFAR-10 32x32 unconditional VP (DDPM++)",
+    ),
+    _edm_spec(
+        "ffhq",
+        64,
+        "edm-ffhq-64x64-uncond-vp.pkl",
+        "ffhq-64x64.npz",
+        250,
+        0,
+        "EDM FFHQ 64x64 unconditional VP (DDPM++)",
+    ),
+    _edm_spec(
+        "afhqv2",
+        64,
+        "edm-afhqv2-64x64-uncond-vp.pkl",
+        "afhqv2-64x64.npz",
+        250,
+        0,
+        "EDM AFHQv2 64x64 unconditional VP (DDPM++)",
+    ),
+    _edm_spec(
+        "imagenet64",
+        64,
+        "edm-imagenet-64x64-cond-adm.pkl",
+        "imagenet-64x64.npz",
+        125,
+        1000,
+        "EDM ImageNet 64x64 class-conditional ADM; labels drawn from each sample's seed",
+    ),
 ]
 
 
@@ -82,7 +122,9 @@ def reference_stats(
             f"dataset {spec.name!r} has no reference statistics; pass a .npz with mu and sigma "
             "(make one with python -m bench.fid_ref)"
         )
-    path = fetch(str(source), cached_path(str(source), cache_dir)) if is_url(source) else Path(source)
+    path = (
+        fetch(str(source), cached_path(str(source), cache_dir)) if is_url(source) else Path(source)
+    )
     if not path.is_file():
         raise UserError(f"reference statistics not found: {path}")
     return _read_stats(path)
@@ -95,7 +137,9 @@ def _read_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot read reference statistics {path} (need arrays mu and sigma): {err}") from None
+        raise UserError(
+            f"cannot read reference statistics {path} (need arrays mu and sigma): {err}"
+        ) from None
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
         raise UserError(
             f"{path}: mu {mu.shape} and sigma {sigma.shape} are not Inception pool statistics "

@@ -7,6 +7,7 @@ class_name=<name>, state=<the object's __dict__>)``; option dicts are ``dnnlib.u
 ``write_edm_pickle`` reproduces that byte layout with writer-side stand-ins that exist only while
 pickling, so the reader has to get by with the module source the pickle carries.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ import types
 from pathlib import Path
 
 # The module source that travels inside the pickle (a toy preconditioned network, EDM-style API).
-TINY_NET_SRC = '''
+TINY_NET_SRC = """
 import torch
 from torch_utils import persistence
 
@@ -40,8 +41,8 @@ class TinyUNet(torch.nn.Module):
 
 @persistence.persistent_class
 class TinyPrecond(torch.nn.Module):
-    def __init__(self, img_resolution, img_channels, label_dim=0, sigma_min=0.0, sigma_max=float("inf"),
-                 sigma_data=0.5):
+    def __init__(self, img_resolution, img_channels, label_dim=0, sigma_min=0.0,
+                 sigma_max=float("inf"), sigma_data=0.5):
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = img_channels
@@ -69,7 +70,7 @@ class TinyPrecond(torch.nn.Module):
 class TinyLoss:
     def __init__(self, sigma_data=0.5):
         self.sigma_data = sigma_data
-'''
+"""
 
 PERSISTENCE_VERSION = 6
 
@@ -99,8 +100,13 @@ def _persistent_class(cls: type) -> type:
 
         def __reduce__(self):
             state = super().__reduce__()[2]
-            meta = dict(type="class", version=PERSISTENCE_VERSION, module_src=TINY_NET_SRC,
-                        class_name=cls.__name__, state=state)
+            meta = {
+                "type": "class",
+                "version": PERSISTENCE_VERSION,
+                "module_src": TINY_NET_SRC,
+                "class_name": cls.__name__,
+                "state": state,
+            }
             return _reconstruct_persistent_obj, (meta,), None
 
     Persistent.__name__ = Persistent.__qualname__ = cls.__name__
@@ -120,8 +126,12 @@ def _writer_modules():
     util = types.ModuleType("dnnlib.util")
     util.EasyDict = EasyDict
     dnnlib.util = util
-    modules = {"torch_utils": torch_utils, "torch_utils.persistence": persistence,
-               "dnnlib": dnnlib, "dnnlib.util": util}
+    modules = {
+        "torch_utils": torch_utils,
+        "torch_utils.persistence": persistence,
+        "dnnlib": dnnlib,
+        "dnnlib.util": util,
+    }
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)
     try:
@@ -134,14 +144,15 @@ def _writer_modules():
                 sys.modules[name] = previous
 
 
-def tiny_network(img_resolution: int = 8, img_channels: int = 3, label_dim: int = 0, seed: int = 0,
-                 **kwargs):
+def tiny_network(
+    img_resolution: int = 8, img_channels: int = 3, label_dim: int = 0, seed: int = 0, **kwargs
+):
     """A freshly built TinyPrecond (from TINY_NET_SRC), with seeded weights."""
     import torch
 
     with _writer_modules():
         module = types.ModuleType("tiny_edm_networks")
-        exec(TINY_NET_SRC, module.__dict__)
+        exec(TINY_NET_SRC, module.__dict__)  # noqa: S102 (our own test source)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = module.TinyPrecond(img_resolution, img_channels, label_dim=label_dim, **kwargs)
@@ -152,8 +163,12 @@ def tiny_network(img_resolution: int = 8, img_channels: int = 3, label_dim: int 
 
 def write_edm_pickle(path: Path, net, loss=None) -> Path:
     """Pickle ``net`` as EDM's training loop does: a snapshot dict with ``ema`` and friends."""
-    data = {"ema": net, "loss_fn": loss, "augment_pipe": None,
-            "dataset_kwargs": EasyDict(path="datasets/tiny.zip", resolution=net.img_resolution)}
+    data = {
+        "ema": net,
+        "loss_fn": loss,
+        "augment_pipe": None,
+        "dataset_kwargs": EasyDict(path="datasets/tiny.zip", resolution=net.img_resolution),
+    }
     with _writer_modules(), open(path, "wb") as f:
         pickle.dump(data, f)
     return path

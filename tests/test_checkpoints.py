@@ -1,4 +1,5 @@
 """EDM checkpoints: persistent pickles load without EDM's code, as Denoisers, with labels."""
+
 import os
 import pickle
 import subprocess
@@ -8,13 +9,13 @@ import types
 import numpy as np
 import pytest
 import torch
+from edm_format import tiny_network, write_edm_pickle
 
 import solvers
 from bench.checkpoints import load_edm
 from bench.datasets import get_dataset
 from bench.edm import EDM_SPECS, FID_REFS_URL, PRETRAINED_URL, reference_stats, required_downloads
 from bench.errors import UserError
-from edm_format import tiny_network, write_edm_pickle
 
 LOADER = """
 import importlib.util, sys, torch
@@ -39,11 +40,28 @@ def cond_pickle(tmp_path):
 def test_persistent_pickle_loads_in_a_fresh_process_without_edm_code(tmp_path, cond_pickle):
     net, path = cond_pickle
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    inputs = {"x": x, "sigma": torch.tensor(2.5, dtype=torch.float64), "labels": torch.eye(5)[[0, 4, 2]]}
+    inputs = {
+        "x": x,
+        "sigma": torch.tensor(2.5, dtype=torch.float64),
+        "labels": torch.eye(5)[[0, 4, 2]],
+    }
     torch.save(inputs, tmp_path / "inputs.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", LOADER, str(path), str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADER,
+            str(path),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     result = torch.load(tmp_path / "out.pt")
     expected = net(x, inputs["sigma"], inputs["labels"])
@@ -101,7 +119,9 @@ def test_conditional_dataset_feeds_the_network_labels_drawn_from_each_seed(tmp_p
     seen = []
     den.net.register_forward_pre_hook(lambda module, args: seen.append(args[2]))
     seeds = [7, 11, 12]
-    latents, labels = solvers.latents_for_seeds(seeds, den.shape, dtype=torch.float64, label_dim=den.label_dim)
+    latents, labels = solvers.latents_for_seeds(
+        seeds, den.shape, dtype=torch.float64, label_dim=den.label_dim
+    )
     samples = solvers.sample(den, latents, "ddim", 3, class_labels=labels)
     expected = []
     for seed in seeds:  # the seed rule, written out: latent first, then the class
@@ -131,15 +151,21 @@ def test_required_downloads_lists_missing_files_in_the_cache(tmp_path, monkeypat
     spec = get_dataset("cifar10")
     rows = required_downloads(spec, cache_dir=tmp_path)
     assert [url for url, _, _ in rows][:2] == [spec.model_url, spec.ref_stats_url]
-    assert rows[2][1] == tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert (
+        rows[2][1]
+        == tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    )
     assert [present for _, _, present in rows] == [False, False, False]
     model_path = rows[0][1]
-    assert model_path.is_relative_to(tmp_path) and model_path.name == "edm-cifar10-32x32-uncond-vp.pkl"
+    assert (
+        model_path.is_relative_to(tmp_path) and model_path.name == "edm-cifar10-32x32-uncond-vp.pkl"
+    )
     model_path.parent.mkdir(parents=True)
     model_path.write_bytes(b"x")
     assert required_downloads(spec, cache_dir=tmp_path)[0][2] is True
-    local = required_downloads(spec, model_path=tmp_path / "mine.pkl", ref_stats=tmp_path / "s.npz",
-                               cache_dir=tmp_path)
+    local = required_downloads(
+        spec, model_path=tmp_path / "mine.pkl", ref_stats=tmp_path / "s.npz", cache_dir=tmp_path
+    )
     assert [url for url, _, _ in local] == [rows[2][0]]
 
 
@@ -148,7 +174,11 @@ def test_reference_stats_from_a_local_file_and_bad_files(tmp_path):
     mu, sigma = np.arange(2048, dtype=np.float32), np.eye(2048, dtype=np.float32)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
     got_mu, got_sigma = reference_stats(spec, ref_stats=tmp_path / "ref.npz")
-    assert got_mu.dtype == np.float64 and np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma)
+    assert (
+        got_mu.dtype == np.float64
+        and np.array_equal(got_mu, mu)
+        and np.array_equal(got_sigma, sigma)
+    )
     np.savez(tmp_path / "no_sigma.npz", mu=mu)
     with pytest.raises(UserError, match="mu and sigma"):
         reference_stats(spec, ref_stats=tmp_path / "no_sigma.npz")
