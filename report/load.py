@@ -43,10 +43,10 @@ def read_run_file(path: Path) -> pd.DataFrame:
 
 def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     """All rows of the run files under ``paths``, with ``created_at`` parsed as UTC timestamps."""
-    files = run_files(paths)
-    frames = [frame for frame in map(read_run_file, files) if not frame.empty]
+    paths = list(paths)
+    frames = [frame for frame in map(read_run_file, run_files(paths)) if not frame.empty]
     if not frames:
-        raise ReportInputError("no result rows found in " + (", ".join(map(str, files)) or "the given folders"))
+        raise ReportInputError("no result rows (*.jsonl) found in " + ", ".join(map(str, paths)))
     rows = pd.concat(frames, ignore_index=True)
     missing = {"config_hash", "created_at", "dataset", "solver", "nfe", "pas", "metric", "value"} - set(rows)
     if missing:
