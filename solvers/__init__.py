@@ -1,4 +1,5 @@
 """Diffusion ODE solvers in EDM's convention: time schedules, the solver registry, sampling."""
+
 from .context import Correction, StepContext
 from .registry import REGISTRY, SolverSpec, get_solver, solver_names
 from .sampling import sample
@@ -7,8 +8,8 @@ from .seeds import latents_for_seeds
 from .unipc import unipc_coefficients
 
 __all__ = [
-    "Correction",
     "REGISTRY",
+    "Correction",
     "SolverSpec",
     "StepContext",
     "get_schedule",

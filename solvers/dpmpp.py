@@ -1,9 +1,11 @@
 """DPM-Solver++ multistep in data-prediction form (solvers-spec section 5)."""
+
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import Tensor

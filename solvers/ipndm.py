@@ -1,8 +1,10 @@
 """iPNDM: fixed Adams-Bashforth weights on the raw d's (solvers-spec section 4.1)."""
+
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 

@@ -1,4 +1,5 @@
 """One-step solvers: Euler/DDIM and EDM's Heun (solvers-spec section 3)."""
+
 from __future__ import annotations
 
 import torch

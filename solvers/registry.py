@@ -1,8 +1,10 @@
 """The solver registry: names, defaults, allowed options and the NFE -> steps rule."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .dpmpp import DPMpp
 from .ipndm import IPNDM
@@ -47,14 +49,22 @@ class SolverSpec:
     def _check(self, key: str, value: Any) -> None:
         if key in BOOL_OPTIONS and not isinstance(value, bool):
             raise ValueError(f"option {key} must be True or False (got {value!r})")
-        if key == "rho" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        if key == "rho" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
             raise ValueError(f"option rho must be a positive number (got {value!r})")
         if key == "order" and (
-            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.max_order
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 1 <= value <= self.max_order
         ):
-            raise ValueError(f"{self.name} order must be an integer in 1..{self.max_order} (got {value!r})")
+            raise ValueError(
+                f"{self.name} order must be an integer in 1..{self.max_order} (got {value!r})"
+            )
         if key == "variant" and value not in VARIANTS:
-            raise ValueError(f"{self.name} variant must be one of {', '.join(VARIANTS)} (got {value!r})")
+            raise ValueError(
+                f"{self.name} variant must be one of {', '.join(VARIANTS)} (got {value!r})"
+            )
 
     def steps_for_nfe(self, nfe: int, **options: Any) -> int:
         """Number of steps N that makes exactly ``nfe`` denoiser calls with these options.
@@ -92,18 +102,36 @@ def _spec(
 
 _SPECS = [
     _spec("ddim", "Euler / DDIM (eta=0): first order, 1 NFE per step", "polynomial", DDIM),
-    _spec("heun", "EDM's Heun: second order, 2 NFE per step (even nfe)", "polynomial", Heun, stages=2),
     _spec(
-        "ipndm", "iPNDM: constant-weight Adams-Bashforth on d, orders 1-4", "polynomial", IPNDM,
-        order=4, max_order=4,
+        "heun", "EDM's Heun: second order, 2 NFE per step (even nfe)", "polynomial", Heun, stages=2
     ),
     _spec(
-        "dpmpp", "DPM-Solver++ multistep, data prediction, orders 1-3", "logsnr", DPMpp,
-        order=3, lower_order_final=True, thresholding=False, max_order=3,
+        "ipndm",
+        "iPNDM: constant-weight Adams-Bashforth on d, orders 1-4",
+        "polynomial",
+        IPNDM,
+        order=4,
+        max_order=4,
     ),
     _spec(
-        "unipc", "UniPC (UniP + UniC corrector, no extra NFE), data prediction, orders 1-3",
-        "logsnr", UniPC, order=3, variant="bh2", lower_order_final=True, thresholding=False,
+        "dpmpp",
+        "DPM-Solver++ multistep, data prediction, orders 1-3",
+        "logsnr",
+        DPMpp,
+        order=3,
+        lower_order_final=True,
+        thresholding=False,
+        max_order=3,
+    ),
+    _spec(
+        "unipc",
+        "UniPC (UniP + UniC corrector, no extra NFE), data prediction, orders 1-3",
+        "logsnr",
+        UniPC,
+        order=3,
+        variant="bh2",
+        lower_order_final=True,
+        thresholding=False,
         max_order=3,
     ),
 ]

@@ -1,7 +1,9 @@
 """The sampling driver: one loop for every solver, with or without a correction hook."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -9,7 +11,6 @@ from torch import Tensor
 from .context import Correction, StepContext
 from .registry import SolverSpec, get_solver
 from .schedules import get_schedule
-from .stepper import Model
 
 # EDM's range, used when a denoiser does not carry its own sigma_min / sigma_max.
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -38,9 +39,7 @@ def sample(
     """
     spec = get_solver(solver)
     opts = spec.resolve(options)
-    if not isinstance(latents, Tensor) or not latents.is_floating_point() or latents.dim() < 2:
-        got = latents.dtype if isinstance(latents, Tensor) else type(latents).__name__
-        raise ValueError(f"latents must be a floating-point tensor [B, *shape], got {got}")
+    _check_latents(latents)
     num_steps = spec.steps_for_nfe(nfe, **opts)
     times = _times(denoiser, spec, schedule, num_steps, opts)
     ts = times.to(device=latents.device, dtype=latents.dtype)
@@ -84,9 +83,13 @@ def _times(
             getattr(denoiser, "sigma_min", SIGMA_MIN),
             getattr(denoiser, "sigma_max", SIGMA_MAX),
             rho=opts["rho"],
-            alphas_cumprod=getattr(denoiser, "alphas_cumprod", None) if name == "discrete" else None,
+            alphas_cumprod=getattr(denoiser, "alphas_cumprod", None)
+            if name == "discrete"
+            else None,
         )
-    times = torch.as_tensor(schedule).detach().to(device="cpu", dtype=torch.float64)
+    if not isinstance(schedule, Tensor):
+        schedule = torch.as_tensor(schedule, dtype=torch.float64)
+    times = schedule.detach().to(device="cpu", dtype=torch.float64)
     if times.shape != (num_steps + 1,):
         raise ValueError(
             f"an explicit schedule for {spec.name} at this nfe needs {num_steps + 1} times "
@@ -97,9 +100,27 @@ def _times(
     return times
 
 
+def _check_latents(latents: Tensor) -> None:
+    if not isinstance(latents, Tensor) or not latents.is_floating_point():
+        got = latents.dtype if isinstance(latents, Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be a floating-point tensor, got {got}")
+    if latents.dim() < 2:
+        raise ValueError(
+            f"latents must be [B, *shape] with a batch dimension, got shape {tuple(latents.shape)}"
+        )
+
+
 def _checked(direction: Tensor, x: Tensor) -> Tensor:
-    if not isinstance(direction, Tensor) or direction.shape != x.shape or direction.dtype != x.dtype:
-        got = (tuple(direction.shape), direction.dtype) if isinstance(direction, Tensor) else direction
+    if (
+        not isinstance(direction, Tensor)
+        or direction.shape != x.shape
+        or direction.dtype != x.dtype
+    ):
+        got = (
+            (tuple(direction.shape), direction.dtype)
+            if isinstance(direction, Tensor)
+            else direction
+        )
         raise ValueError(
             f"a correction must return a tensor of shape {tuple(x.shape)} and dtype {x.dtype}, "
             f"got {got}"

@@ -4,10 +4,11 @@ Each schedule is linear in a warped coordinate of s_k = k / (K - 1). s_k is comp
 integer divided by K - 1, so the schedule with K' = N(M+1)+1 points contains the one with K = N+1
 points bit for bit at indices i(M+1) (the embedding property PAS's teacher relies on).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

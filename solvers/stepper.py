@@ -4,10 +4,12 @@ The driver (sampling.py) asks a Stepper for d~_i, lets a correction replace it, 
 step x_{i+1} = x_i + (t_{i+1} - t_i) d_used. A Stepper keeps its own history of raw model
 quantities at the states actually reached; corrections never touch it.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from torch import Tensor
 

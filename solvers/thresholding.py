@@ -1,4 +1,5 @@
 """Dynamic thresholding of data predictions (solvers-spec section 2.4)."""
+
 from __future__ import annotations
 
 import math

@@ -1,9 +1,11 @@
 """UniPC (UniP predictor + UniC corrector) in data-prediction form (solvers-spec section 6)."""
+
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
 """Exact NFE: a counting denoiser proves nfe = denoiser calls for every solver setting."""
+
 import itertools
 
 import pytest
@@ -52,8 +53,9 @@ def test_exact_nfe(name, opts, afs, dtz):
     valid = [spec.stages * n + offset for n in range(1, 9) if spec.stages * n + offset >= 1]
     for nfe in valid:
         den = CountingDenoiser()
-        x, traj = sample(den, latents, name, nfe, afs=afs, denoise_to_zero=dtz,
-                         return_trajectory=True, **opts)
+        x, traj = sample(
+            den, latents, name, nfe, afs=afs, denoise_to_zero=dtz, return_trajectory=True, **opts
+        )
         steps = spec.steps_for_nfe(nfe, afs=afs, denoise_to_zero=dtz)
         assert den.calls == nfe, (nfe, den.calls)
         assert traj.shape == (steps + 1, 3, 2)
@@ -63,8 +65,10 @@ def test_exact_nfe(name, opts, afs, dtz):
         else:
             assert torch.equal(x, traj[-1])
     reachable = {spec.stages * n + offset for n in range(1, 20)} - {0}
-    for nfe in sorted(set(range(0, 12)) - reachable):
-        with pytest.raises(ValueError, match=rf"{name} needs an? .*nfe >= {valid[0]}.*\(got {nfe}\)"):
+    for nfe in sorted(set(range(12)) - reachable):
+        with pytest.raises(
+            ValueError, match=rf"{name} needs an? .*nfe >= {valid[0]}.*\(got {nfe}\)"
+        ):
             sample(CountingDenoiser(), latents, name, nfe, afs=afs, denoise_to_zero=dtz, **opts)
 
 

@@ -1,0 +1,87 @@
+"""Bad input gives one clear ValueError that names what is valid."""
+
+import pytest
+import torch
+from solver_helpers import GaussianDenoiser, latents
+
+from solvers import REGISTRY, SolverSpec, sample, solver_names
+
+DEN = GaussianDenoiser()
+
+
+def test_registry():
+    assert solver_names() == ["ddim", "heun", "ipndm", "dpmpp", "unipc"]
+    assert REGISTRY["euler"] is REGISTRY["ddim"]
+    assert all(isinstance(spec, SolverSpec) and spec.description for spec in REGISTRY.values())
+    assert {n: REGISTRY[n].default_schedule for n in solver_names()} == {
+        "ddim": "polynomial",
+        "heun": "polynomial",
+        "ipndm": "polynomial",
+        "dpmpp": "logsnr",
+        "unipc": "logsnr",
+    }
+    assert REGISTRY["ipndm"].defaults["order"] == 4
+    assert REGISTRY["unipc"].defaults == {
+        "rho": 7.0,
+        "afs": False,
+        "denoise_to_zero": False,
+        "order": 3,
+        "variant": "bh2",
+        "lower_order_final": True,
+        "thresholding": False,
+    }
+    assert REGISTRY["ddim"].options == {"rho", "afs", "denoise_to_zero"}
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            {"solver": "rk4"},
+            r"^unknown solver 'rk4'; valid: ddim, heun, ipndm, dpmpp, unipc, euler$",
+        ),
+        (
+            {"schedule": "karras"},
+            r"^unknown schedule 'karras'; valid: polynomial, logsnr, time_uniform",
+        ),
+        ({"order": 2}, r"^ddim does not take option 'order'; valid: afs, denoise_to_zero, rho$"),
+        (
+            {"solver": "dpmpp", "eta": 1.0},
+            r"^dpmpp does not take option 'eta'; valid: afs, .*thresholding",
+        ),
+        ({"solver": "ipndm", "order": 5}, r"^ipndm order must be an integer in 1\.\.4 \(got 5\)$"),
+        ({"solver": "unipc", "order": 0}, r"^unipc order must be an integer in 1\.\.3 \(got 0\)$"),
+        (
+            {"solver": "unipc", "variant": "bh3"},
+            r"^unipc variant must be one of bh1, bh2 \(got 'bh3'\)$",
+        ),
+        ({"afs": "yes"}, r"^option afs must be True or False \(got 'yes'\)$"),
+        ({"rho": 0}, r"^option rho must be a positive number \(got 0\)$"),
+        ({"nfe": 5, "solver": "heun"}, r"^heun needs an even nfe >= 2 \(got 5\)$"),
+        ({"schedule": "discrete"}, r"^the discrete schedule needs the model's alphas_cumprod$"),
+        ({"schedule": torch.tensor([80.0, 1.0, 0.002])}, r"needs 5 times \(N\+1 for N=4 steps\)"),
+        ({"schedule": [80.0, 1.0, 2.0, 0.5, 0.002]}, r"must be positive and strictly decreasing"),
+        (
+            {"latents": torch.zeros(2, 3, dtype=torch.int64)},
+            r"^latents must be a floating-point tensor, got torch\.int64$",
+        ),
+        ({"latents": torch.zeros(3)}, r"^latents must be \[B, \*shape\] with a batch dimension"),
+        (
+            {"correction": lambda ctx: ctx.direction[0]},
+            r"^a correction must return a tensor of shape \(2, 4\) and dtype torch\.float64",
+        ),
+    ],
+)
+def test_bad_input(call, message):
+    args = {"denoiser": DEN, "latents": latents(2, (4,)), "solver": "ddim", "nfe": 4} | call
+    with pytest.raises(ValueError, match=message):
+        sample(**args)
+
+
+def test_explicit_schedule_is_used_verbatim():
+    t = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.1], dtype=torch.float64)
+    z = latents(2, (4,))
+    x, traj = sample(DEN, z, "ddim", 4, t, return_trajectory=True)
+    assert torch.equal(traj[0], 10.0 * z)
+    x_list = sample(DEN, z, "ddim", 4, t.tolist())
+    assert torch.equal(x, x_list)
