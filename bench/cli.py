@@ -1,0 +1,123 @@
+"""Command-line options of ``python -m bench.run``."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import NoReturn
+
+from bench.errors import UserError
+from bench.grids import DTYPES, PAS_MODES, PRECISIONS
+
+DESCRIPTION = """\
+Run a benchmark grid: every (dataset, solver, NFE, PAS on/off) cell samples its seeds,
+scores them with a streaming metric (FD against exact statistics for analytic data, FID for
+image checkpoints) and appends one row to <out>/<run_id>.jsonl. Cells whose configuration
+already has a row in <out> are skipped, so rerunning a command completes an interrupted run.
+Several processes: torchrun --nproc_per_node=K -m bench.run ... splits the seeds over ranks.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad options as a UserError (one line, exit 2) instead of usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
+
+
+def _names(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def _flatten(values: list[list[str]] | None) -> list[str] | None:
+    return None if values is None else [item for group in values for item in group]
+
+
+def _nfe_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"NFE must be positive integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"NFE must be positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench.run", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--grid", default="toy", metavar="NAME|PATH",
+        help="grid to run: a shipped name (smoke, toy, paper) or a TOML file (default: toy)")
+    add("--datasets", nargs="+", type=_names, metavar="NAME",
+        help="run only these datasets instead of the grid's (space- or comma-separated)")
+    add("--solvers", nargs="+", type=_names, metavar="NAME",
+        help="run only these solvers instead of the grid's")
+    add("--nfe", nargs="+", type=_nfe_list, metavar="N",
+        help="denoiser evaluations per sample to run instead of the grid's")
+    add("--pas", choices=PAS_MODES,
+        help="off: base solvers only; on: PAS-corrected only; both: each cell with and without")
+    add("--num-samples", type=_positive, metavar="N",
+        help="samples per cell (seeds 0..N-1) for every dataset, overriding the grid")
+    add("--batch-size", type=_positive, metavar="B",
+        help="samples per solver call; changes speed and memory, never the numbers")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where to sample (auto: CUDA when available); under torchrun each rank "
+             "uses cuda:LOCAL_RANK")
+    add("--dtype", choices=DTYPES, help="working dtype of the samplers, overriding the grid")
+    add("--precision", choices=PRECISIONS,
+        help="arithmetic of checkpoint networks (analytic datasets ignore it)")
+    add("--out", default="results/runs", metavar="DIR",
+        help="results store folder: rows go to DIR/<run_id>.jsonl (default: results/runs)")
+    add("--cache-dir", metavar="DIR",
+        help="cache for PAS teacher trajectories and artifacts and for downloads "
+             "(default: $PASBENCH_CACHE or ~/.cache/pasbench)")
+    add("--force", action="store_true",
+        help="run cells even when the store already has a row with the same config_hash")
+    add("--shard", metavar="i/N",
+        help="run only cells j with j mod N == i (independent jobs writing into one store)")
+    add("--dry-run", action="store_true",
+        help="validate and print the plan (cells, denoiser evaluations, downloads); run nothing")
+    add("--quiet", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
+    add("--save-images", metavar="DIR",
+        help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")
+    add("--model-path", metavar="PATH",
+        help="local checkpoint file for the (single) checkpoint dataset instead of its URL")
+    add("--ref-stats", metavar="PATH",
+        help="local FID reference statistics (.npz with mu, sigma) for the checkpoint dataset")
+    add("--inception-weights", metavar="PATH",
+        help="local pytorch-fid Inception weights instead of downloading them")
+    return parser
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``; None -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    index, _, count = text.partition("/")
+    try:
+        index_value, count_value = int(index), int(count)
+    except ValueError:
+        raise UserError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if count_value <= 0 or not 0 <= index_value < count_value:
+        raise UserError(f"--shard {text}: need N >= 1 and 0 <= i < N")
+    return index_value, count_value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; list options come back flattened (``--nfe 4,5 6`` -> [4, 5, 6])."""
+    args = build_parser().parse_args(argv)
+    args.datasets = _flatten(args.datasets)
+    args.solvers = _flatten(args.solvers)
+    args.nfe = _flatten(args.nfe)
+    args.shard = parse_shard(args.shard)
+    return args

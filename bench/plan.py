@@ -1,0 +1,339 @@
+"""From a grid (plus command-line overrides) to the list of cells to run, fully validated.
+
+A cell is one (dataset, solver, NFE, PAS on/off) combination with every setting resolved:
+schedule, solver options, PAS settings, sample count, dtype. Its ``config_hash`` is the sha256 of
+the canonical JSON of exactly what determines its numbers, so the same measurement has the same
+hash on any machine, batch size, device or world size, and a store can tell which cells are done.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.dataset_spec import DatasetSpec
+from bench.datasets import get_dataset
+from bench.errors import UserError
+from bench.grids import Grid
+
+# The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
+REFERENCE_SOLVER, REFERENCE_NFE, REFERENCE_SCHEDULE = "heun", 200, "polynomial"
+PREVIEW_COUNT = 64
+# pas.fit keywords that change where, in what chunks or how visibly it runs, never what it fits
+# (the runner fills them in); dtype and the dataset are part of every cell anyway.
+_PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
+                         "batch_size"}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line values that replace the grid's (None: keep the grid's)."""
+
+    datasets: list[str] | None = None
+    solvers: list[str] | None = None
+    nfe: list[int] | None = None
+    pas: str | None = None
+    num_samples: int | None = None
+    batch_size: int | None = None
+    dtype: str | None = None
+    precision: str | None = None
+    model_path: str | None = None
+    ref_stats: str | None = None
+    inception_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: everything needed to run it and to recognise it later."""
+
+    index: int
+    dataset: str
+    solver: str
+    nfe: int
+    steps: int
+    pas: bool
+    schedule: str
+    options: dict[str, Any]
+    pas_settings: dict[str, Any] | None
+    num_samples: int
+    batch_size: int
+    dtype: str
+    precision: str
+    metric: str
+    rmse_samples: int
+    model: str
+    config_hash: str = ""
+    pas_key: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def seeds(self) -> str:
+        return f"0-{self.num_samples - 1}"
+
+
+def canonical_hash(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``payload`` (sorted keys, no whitespace)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_identity(path: str) -> str:
+    """A file's identity for config hashes: a URL as is, a local file by its content hash (not
+    where it lives, so the same file gives the same hash on every machine)."""
+    if urlsplit(path).scheme in ("http", "https"):
+        return path
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no such file: {path}")
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _solver_spec(name: str):
+    from solvers import REGISTRY
+
+    if name not in REGISTRY:
+        raise UserError(f"unknown solver {name!r}; choose from: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return get_dataset(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def resolve_solver(solver: str, spec: DatasetSpec, grid: Grid) -> tuple[str, dict[str, Any]]:
+    """The schedule name and complete option dict a solver runs with on a dataset."""
+    from solvers.schedules import schedule_names
+
+    described = _solver_spec(solver)
+    chosen = dict(grid.solver_options.get(solver, {}))
+    schedule = chosen.pop("schedule", described.default_schedule)
+    if schedule not in schedule_names():
+        raise UserError(f"[solver_options.{solver}] schedule {schedule!r} is unknown; choose from: "
+                        f"{', '.join(schedule_names())}")
+    if "thresholding" in described.options and "thresholding" not in chosen:
+        chosen["thresholding"] = spec.thresholding
+    try:
+        return schedule, described.resolve(chosen)
+    except ValueError as exc:
+        raise UserError(f"[solver_options.{solver}] {exc}") from None
+
+
+def pas_defaults() -> dict[str, Any]:
+    """The settings pas.fit uses when not told otherwise (its keyword defaults)."""
+    import pas
+
+    params = inspect.signature(pas.fit).parameters.values()
+    return {p.name: p.default for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            and p.name not in _PAS_RUNTIME_KEYWORDS}
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def resolve_pas(grid: Grid, dataset: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Grid [pas] settings, then [datasets.<name>.pas], over pas.fit's defaults (type-checked)."""
+    chosen = {**grid.pas_settings, **grid.dataset_overrides.get(dataset, {}).get("pas", {})}
+    for key, value in chosen.items():
+        if key not in defaults:
+            raise UserError(f"PAS setting {key!r} is unknown; valid: {', '.join(sorted(defaults))}")
+        if not _same_kind(value, defaults[key]):
+            raise UserError(f"PAS setting {key} must be a {type(defaults[key]).__name__}, "
+                            f"got {value!r}")
+    if "loss" in chosen:
+        from pas.search import loss_name
+
+        try:
+            chosen["loss"] = loss_name(chosen["loss"])
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return {**defaults, **chosen}
+
+
+def _steps(solver: str, nfe: int, options: dict[str, Any]) -> int:
+    try:
+        return _solver_spec(solver).steps_for_nfe(nfe, **options)
+    except ValueError as exc:
+        raise UserError(f"solver {solver} cannot run with nfe {nfe}: {exc}") from None
+
+
+def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
+    if spec.metric == "fd":
+        return {"name": "fd", "reference": "exact"}
+    return {
+        "name": spec.metric,
+        "reference": file_identity(overrides.ref_stats) if overrides.ref_stats else spec.ref_stats_url,
+        "features": (file_identity(overrides.inception_weights) if overrides.inception_weights
+                     else "pytorch-fid"),
+    }
+
+
+def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) -> None:
+    checkpoints = [spec.name for spec in specs if spec.model_url]
+    for option, value in (("--model-path", overrides.model_path), ("--ref-stats", overrides.ref_stats)):
+        if value and len(checkpoints) != 1:
+            raise UserError(f"{option} needs exactly one checkpoint dataset in the plan, got "
+                            f"{', '.join(checkpoints) or 'none'}")
+
+
+def _dataset_sizes(grid: Grid, spec: DatasetSpec, overrides: Overrides) -> tuple[int, int]:
+    local = grid.dataset_overrides.get(spec.name, {})
+    num = overrides.num_samples or local.get("num_samples") or grid.num_samples or spec.default_num_samples
+    batch = overrides.batch_size or local.get("batch_size") or grid.batch_size or spec.default_batch_size
+    return num, batch
+
+
+def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
+    """Every cell of the grid in a fixed order (dataset, solver, NFE, PAS off then on).
+
+    Validates everything a run could trip over later (names, NFE per solver, options, PAS
+    settings, local files) and raises ``UserError`` at the first problem.
+    """
+    # dict.fromkeys: drop repeated names, keep their order.
+    datasets = list(dict.fromkeys(overrides.datasets or grid.datasets))
+    solvers = list(dict.fromkeys(overrides.solvers or grid.solvers))
+    nfes = list(dict.fromkeys(overrides.nfe or grid.nfe))
+    mode = overrides.pas or grid.pas
+    pas_flags = {"off": [False], "on": [True], "both": [False, True]}[mode]
+    dtype = overrides.dtype or grid.dtype
+    precision = overrides.precision or grid.precision
+    specs = [_dataset_spec(name) for name in datasets]
+    _check_checkpoint_overrides(specs, overrides)
+    for name in [*grid.solver_options, *solvers]:
+        _solver_spec(name)
+    for name in solvers if True in pas_flags else []:
+        if _solver_spec(name).stages != 1:
+            raise UserError(f"PAS cannot correct {name}: it spends several NFE per step; "
+                            "use --pas off or a one-evaluation-per-step solver")
+    defaults = pas_defaults() if True in pas_flags else {}
+    cells: list[Cell] = []
+    for spec in specs:
+        num_samples, batch_size = _dataset_sizes(grid, spec, overrides)
+        model = (file_identity(overrides.model_path) if spec.model_url and overrides.model_path
+                 else spec.model_url or f"analytic:{spec.name}")
+        metric = _metric_identity(spec, overrides)
+        pas_settings = resolve_pas(grid, spec.name, defaults) if defaults else None
+        for solver in solvers:
+            schedule, options = resolve_solver(solver, spec, grid)
+            for nfe in nfes:
+                steps = _steps(solver, nfe, options)
+                for use_pas in pas_flags:
+                    cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
+                                       options, pas_settings if use_pas else None, num_samples,
+                                       batch_size, dtype, precision, grid.rmse_samples, model, metric))
+    return cells
+
+
+def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_pas: bool,
+          schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
+          num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
+          model: str, metric: dict[str, Any]) -> Cell:
+    rmse_samples = min(rmse_samples, num_samples)
+    fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
+                    "schedule": schedule, "options": options, "dtype": dtype,
+                    "precision": precision, "pas": pas_settings}
+    identity = {**fit_identity, "num_samples": num_samples, "seeds": f"0-{num_samples - 1}",
+                "metric": metric, "rmse_samples": rmse_samples}
+    return Cell(
+        index=index, dataset=spec.name, solver=solver, nfe=nfe, steps=steps, pas=use_pas,
+        schedule=schedule, options=options, pas_settings=pas_settings, num_samples=num_samples,
+        batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
+        rmse_samples=rmse_samples, model=model, config_hash=canonical_hash(identity),
+        pas_key=canonical_hash(fit_identity) if use_pas else None, identity=identity,
+    )
+
+
+def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
+    """Cells j with j mod N == i for ``shard = (i, N)``."""
+    index, count = shard
+    return [cell for cell in cells if cell.index % count == index]
+
+
+def teacher_nfe(steps: int, requested: int) -> int:
+    """Denoiser calls of PAS's Heun teacher per trajectory (pas-spec 2.1: 2N(M+1))."""
+    inserted = max(0, math.ceil(requested / (2 * steps)) - 1)
+    return 2 * steps * (inserted + 1)
+
+
+def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
+    """Denoiser evaluations (per sample, summed) the cells will make, by purpose.
+
+    PAS counts assume nothing is cached except artifacts already on disk; a cached teacher makes
+    the real teacher count smaller.
+    """
+    counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
+    teachers, fits, references = set(), set(), set()
+    for cell in cells:
+        preview = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
+        counts["sampling"] += cell.num_samples * cell.nfe
+        counts["previews"] += preview * cell.nfe
+        if get_dataset(cell.dataset).shape == (2,) or cell.rmse_samples:
+            references.add((cell.dataset, cell.dtype, preview))
+        artifact = cache_dir / "artifacts" / f"{cell.pas_key}.json"
+        if cell.pas and cell.pas_key not in fits and not artifact.exists():
+            fits.add(cell.pas_key)
+            settings = cell.pas_settings
+            counts["pas_search"] += settings["trajectories"] * cell.nfe
+            teacher = (cell.dataset, cell.schedule, cell.steps, cell.options.get("rho"), cell.dtype,
+                       settings["teacher_nfe"], settings["trajectories"])
+            if teacher not in teachers:
+                teachers.add(teacher)
+                counts["pas_teacher"] += settings["trajectories"] * teacher_nfe(
+                    cell.steps, settings["teacher_nfe"])
+    counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
+    return counts
+
+
+def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
+    from bench import edm  # lazy: only checkpoint datasets need it
+
+    found: dict[str, tuple[str, Path, bool]] = {}
+    for name in dict.fromkeys(cell.dataset for cell in cells):
+        spec = get_dataset(name)
+        if spec.model_url:
+            for url, path, cached in edm.required_downloads(
+                    spec, model_path=overrides.model_path, ref_stats=overrides.ref_stats,
+                    cache_dir=cache_dir):
+                found[url] = (url, path, cached)
+    return list(found.values())
+
+
+def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path) -> str:
+    """The --dry-run report: every cell, its status and cost, totals and downloads."""
+    from tabulate import tabulate
+
+    waiting = {cell.config_hash for cell in todo}
+    table = [[cell.index, cell.dataset, cell.solver, cell.nfe, "on" if cell.pas else "off",
+              cell.schedule, cell.num_samples, cell.batch_size, cell.num_samples * cell.nfe,
+              "run" if cell.config_hash in waiting else "done", cell.config_hash[:12]]
+             for cell in cells]
+    headers = ["#", "dataset", "solver", "nfe", "pas", "schedule", "samples", "batch",
+               "evaluations", "status", "config_hash"]
+    counts = _evaluation_counts(todo, cache_dir)
+    skipped = len(cells) - len(todo)
+    parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
+    lines = [tabulate(table, headers=headers, intfmt=","),
+             f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
+             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})"]
+    downloads = _downloads(todo, overrides, cache_dir)
+    lines.append("downloads:" + ("" if downloads else " none"))
+    lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"
+                 for url, path, cached in downloads)
+    return "\n".join(lines)

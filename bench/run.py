@@ -1,0 +1,372 @@
+"""``python -m bench.run``: run a benchmark grid and store one row per cell.
+
+For every cell the seeds 0..num_samples-1 are split over the ranks (torchrun) and over batches;
+each sample starts from its own seed's latent, so the numbers depend on neither. Samples stream
+through the metric's float64 moment sums, which are added across ranks; rank 0 alone computes the
+metric, saves the cell's preview and appends the row. See ``--help`` and bench/grids.py.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from tqdm import tqdm
+
+import pas
+import solvers
+from bench import distributed
+from bench.cli import parse_args
+from bench.dataset_spec import DatasetSpec
+from bench.datasets import get_dataset
+from bench.distributed import World
+from bench.errors import UserError
+from bench.grids import load_grid
+from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features, rmse
+from bench.plan import (
+    PREVIEW_COUNT,
+    REFERENCE_NFE,
+    REFERENCE_SCHEDULE,
+    REFERENCE_SOLVER,
+    Cell,
+    Overrides,
+    build_plan,
+    describe_plan,
+    select_shard,
+)
+from bench.results import RunFile, ensure_writable, existing_hashes, new_run_id, provenance, utc_now
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Test hook: after this many rows, the next cell interrupts itself (SIGINT) after its first batch.
+FAULT_ENV = "PASBENCH_FAULT_AFTER_ROWS"
+
+
+def resolve_device(choice: str, world: World) -> torch.device:
+    """cpu, or this rank's CUDA device; asking for CUDA without one is a UserError."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _show_progress(args: Namespace, world: World) -> bool:
+    return world.is_main and not args.quiet and sys.stderr.isatty()
+
+
+class ImageSink:
+    """Writes every sample of a cell for --save-images: PNGs for [C, H, W] images, else .npy batches."""
+
+    def __init__(self, folder: Path, cell: Cell, shape: tuple[int, ...]) -> None:
+        self.folder = folder / cell.config_hash
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.as_png = len(shape) == 3 and shape[0] in (1, 3)
+
+    def write(self, seeds: range, samples: torch.Tensor) -> None:
+        if not self.as_png:
+            np.save(self.folder / f"{seeds.start:06d}-{seeds.stop - 1:06d}.npy", samples.cpu().numpy())
+            return
+        from PIL import Image
+
+        pixels = (samples * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        for seed, image in zip(seeds, pixels.numpy()):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+                self.folder / f"{seed:06d}.png")
+
+
+class Runner:
+    """Runs cells one after another, keeping what cells share (denoisers, metrics, PAS fits)."""
+
+    def __init__(self, args: Namespace, world: World, device: torch.device, grid_name: str,
+                 run_file: RunFile, cache_dir: Path) -> None:
+        self.args = args
+        self.world = world
+        self.device = device
+        self.grid_name = grid_name
+        self.run_file = run_file
+        self.cache_dir = cache_dir
+        self.progress = _show_progress(args, world)
+        self.fixed = {**provenance(), "device": device_name(device)} if world.is_main else {}
+        self.rows_written = 0
+        self.fault_after = int(os.environ[FAULT_ENV]) if FAULT_ENV in os.environ else None
+        self._denoisers: dict[tuple, Any] = {}
+        self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
+        self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._artifacts: dict[str, Any] = {}
+        self._inception: Any = None
+
+    # ----- what cells share -------------------------------------------------------------------
+    def denoiser(self, cell: Cell) -> Any:
+        """The cell's denoiser, built once per (dataset, dtype, precision)."""
+        key = (cell.dataset, cell.dtype, cell.precision)
+        if key not in self._denoisers:
+            spec = get_dataset(cell.dataset)
+            extra = ({"model_path": self.args.model_path, "precision": cell.precision,
+                      "cache_dir": self.cache_dir} if spec.model_url else {})
+            self._denoisers[key] = spec.build(device=self.device, dtype=DTYPES[cell.dtype], **extra)
+        return self._denoisers[key]
+
+    def metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+        """Feature map and reference statistics: exact data statistics (fd) or Inception (fid)."""
+        if spec.name not in self._metrics:
+            if spec.metric == "fd":
+                self._metrics[spec.name] = (flatten_features, FrechetReference(*spec.exact_stats()))
+            else:
+                self._metrics[spec.name] = self._fid_metric(spec)
+        return self._metrics[spec.name]
+
+    def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+        from bench import edm, inception
+
+        if self._inception is None:
+            self._inception = inception.load_inception(weights=self.args.inception_weights,
+                                                       device=self.device)
+        mu, sigma = edm.reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
+        return partial(inception.inception_features, self._inception), FrechetReference(mu, sigma)
+
+    def reference_solve(self, cell: Cell, count: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Heun-200 on the polynomial schedule from seeds 0..count-1: (final states, trajectory
+        of the first PREVIEW_COUNT seeds for 2-D data, else None)."""
+        key = (cell.dataset, cell.dtype, cell.precision, count)
+        if key not in self._references:
+            denoiser = self.denoiser(cell)
+            latents, labels = solvers.latents_for_seeds(range(count), shape, dtype=DTYPES[cell.dtype],
+                                                        device=self.device, label_dim=denoiser.label_dim)
+            final, trajectory = solvers.sample(denoiser, latents, REFERENCE_SOLVER, REFERENCE_NFE,
+                                               REFERENCE_SCHEDULE, class_labels=labels,
+                                               return_trajectory=True)
+            keep = trajectory[:, :PREVIEW_COUNT].cpu() if shape == (2,) else None
+            self._references[key] = (final.cpu(), keep)
+        return self._references[key]
+
+    def artifact(self, cell: Cell) -> Any:
+        """The cell's PAS artifact: from cache_dir/artifacts/<key>.json, else fitted by rank 0."""
+        if cell.pas_key not in self._artifacts:
+            path = self.cache_dir / "artifacts" / f"{cell.pas_key}.json"
+            if self.world.is_main and not path.exists():
+                self._fit(cell).save(path)
+            distributed.barrier(self.world)
+            # Every rank (rank 0 included) samples with the loaded file, so they agree exactly.
+            self._artifacts[cell.pas_key] = pas.PASArtifact.load(path)
+        return self._artifacts[cell.pas_key]
+
+    def _fit(self, cell: Cell) -> Any:
+        try:
+            return pas.fit(self.denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
+                           cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
+                           dataset=cell.dataset, batch_size=cell.batch_size,
+                           progress=self.progress, **cell.pas_settings, **cell.options)
+        except ValueError as exc:
+            raise UserError(f"PAS fit for {cell.dataset} {cell.solver} nfe={cell.nfe}: {exc}") from None
+
+    # ----- one cell ---------------------------------------------------------------------------
+    def _maybe_fault(self) -> None:
+        if self.fault_after is not None and self.rows_written >= self.fault_after:
+            signal.raise_signal(signal.SIGINT)
+
+    def _sample(self, cell: Cell, seeds: Sequence[int], correction: Any, *,
+                trajectory: bool = False) -> Any:
+        denoiser = self.denoiser(cell)
+        latents, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=DTYPES[cell.dtype],
+                                                    device=self.device, label_dim=denoiser.label_dim)
+        return solvers.sample(denoiser, latents, cell.solver, cell.nfe, cell.schedule,
+                              correction=correction, class_labels=labels,
+                              return_trajectory=trajectory, **cell.options)
+
+    def _stream(self, cell: Cell, correction: Any, accumulator: FrechetAccumulator) -> tuple[float, float]:
+        """Sample this rank's seeds batch by batch into the accumulator; (sample_s, metric_s)."""
+        seeds = distributed.seed_range(cell.num_samples, self.world)
+        starts = range(seeds.start, seeds.stop, cell.batch_size)
+        sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell).shape)
+                if self.args.save_images else None)
+        sample_s = metric_s = 0.0
+        label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}{' pas' if cell.pas else ''}"
+        for start in tqdm(starts, desc=label, unit="batch", leave=False, disable=not self.progress):
+            batch = range(start, min(start + cell.batch_size, seeds.stop))
+            began = time.perf_counter()
+            samples = self._sample(cell, batch, correction)
+            _sync(self.device)
+            sampled = time.perf_counter()
+            accumulator.update(samples)
+            _sync(self.device)
+            sample_s += sampled - began
+            metric_s += time.perf_counter() - sampled
+            if sink is not None:
+                sink.write(batch, samples)
+            self._maybe_fault()
+        return sample_s, metric_s
+
+    def _preview(self, cell: Cell, correction: Any) -> tuple[str, float | None]:
+        """Save the cell's preview arrays and compute rmse_to_teacher; (preview name, rmse)."""
+        shape = tuple(self.denoiser(cell).shape)
+        count = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
+        planar = shape == (2,)
+        result = self._sample(cell, range(count), correction, trajectory=planar)
+        samples, trajectory = result if planar else (result, None)
+        arrays = {"samples": samples[:PREVIEW_COUNT].float().cpu().numpy()}
+        error = None
+        if planar or cell.rmse_samples:
+            teacher_final, teacher_states = self.reference_solve(cell, count, shape)
+            if cell.rmse_samples:
+                error = rmse(samples[:cell.rmse_samples], teacher_final[:cell.rmse_samples])
+            if planar:
+                arrays["trajectory"] = trajectory[:, :PREVIEW_COUNT].float().cpu().numpy()
+                arrays["teacher"] = teacher_states.float().numpy()
+        return self.run_file.save_preview(cell.config_hash, arrays), error
+
+    def run_cell(self, cell: Cell) -> dict | None:
+        """Run one cell on every rank; rank 0 returns its row (others None)."""
+        spec = get_dataset(cell.dataset)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        artifact = self.artifact(cell) if cell.pas else None
+        correction = artifact.correction() if artifact is not None else None
+        features, reference = self.metric(spec)
+        accumulator = FrechetAccumulator(features, reference, device=self.device)
+        sample_s, metric_s = self._stream(cell, correction, accumulator)
+        began = time.perf_counter()
+        distributed.sum_across(self.world, accumulator.moments.sums())
+        value = accumulator.compute() if self.world.is_main else float("nan")
+        metric_s += time.perf_counter() - began
+        sample_s = distributed.max_across(self.world, sample_s, self.device)
+        metric_s = distributed.max_across(self.world, metric_s, self.device)
+        peak = distributed.max_across(self.world, _peak_mem_mb(self.device), self.device)
+        if not self.world.is_main:
+            return None
+        preview, error = self._preview(cell, correction)
+        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview)
+
+    def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, sample_s: float,
+             metric_s: float, peak: float, preview: str) -> dict:
+        fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None}
+        if artifact is not None:
+            fit = {"pas_params": artifact.n_params, "pas_steps": sorted(artifact.corrected),
+                   "pas_fit_s": artifact.fit_seconds, "teacher_s": artifact.teacher_seconds}
+        return {
+            "run_id": self.run_file.run_id, "created_at": utc_now(), **self.fixed,
+            "grid": self.grid_name, "dataset": cell.dataset, "solver": cell.solver,
+            "nfe": cell.nfe, "schedule": cell.schedule, "order": cell.options.get("order"),
+            "options": cell.options, "pas": cell.pas, **fit, "pas_settings": cell.pas_settings,
+            "num_samples": cell.num_samples, "seeds": cell.seeds, "batch_size": cell.batch_size,
+            "world_size": self.world.world_size, "dtype": cell.dtype, "precision": cell.precision,
+            "metric": cell.metric, "value": value, "rmse_to_teacher": error,
+            "sample_s": sample_s, "s_per_sample": sample_s / cell.num_samples,
+            "metric_s": metric_s, "peak_mem_mb": peak, "preview": preview,
+            "config_hash": cell.config_hash,
+        }
+
+    def run(self, cells: list[Cell]) -> list[dict]:
+        """Run ``cells`` in order, appending each row as soon as it exists."""
+        rows = []
+        for cell in tqdm(cells, desc="grid", unit="cell", disable=not self.progress):
+            row = self.run_cell(cell)
+            if row is not None:
+                self.run_file.append(row)
+                rows.append(row)
+            self.rows_written += 1
+        return rows
+
+
+def summary(rows: list[dict], skipped: int) -> str:
+    """A plain-text table of the rows this run wrote."""
+    table = [[r["dataset"], r["solver"], r["nfe"], "yes" if r["pas"] else "no", r["metric"],
+              r["value"], r["rmse_to_teacher"], r["pas_params"], r["sample_s"]] for r in rows]
+    headers = ["dataset", "solver", "nfe", "pas", "metric", "value", "rmse", "pas_params", "sample_s"]
+    text = tabulate(table, headers=headers, floatfmt=".4g", missingval="-") if rows else "no cells run"
+    return text + (f"\n{skipped} cell(s) skipped: already in the store (use --force to rerun)"
+                   if skipped else "")
+
+
+def _overrides(args: Namespace) -> Overrides:
+    return Overrides(
+        datasets=args.datasets, solvers=args.solvers, nfe=args.nfe, pas=args.pas,
+        num_samples=args.num_samples, batch_size=args.batch_size, dtype=args.dtype,
+        precision=args.precision, model_path=args.model_path, ref_stats=args.ref_stats,
+        inception_weights=args.inception_weights,
+    )
+
+
+def _cache_dir(args: Namespace) -> Path:
+    from pas.cache import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def execute(args: Namespace) -> int:
+    """Validate everything, then run (or describe, with --dry-run) the selected cells."""
+    grid = load_grid(args.grid)
+    cells = select_shard(build_plan(grid, _overrides(args)), args.shard)
+    out, cache_dir = Path(args.out), _cache_dir(args)
+    world = distributed.launched_world()
+    if world.is_main:
+        ensure_writable(out)
+        if args.save_images:
+            ensure_writable(Path(args.save_images))
+    done = set() if args.force else existing_hashes(out)
+    todo = [cell for cell in cells if cell.config_hash not in done]
+    if args.dry_run:
+        if world.is_main:
+            print(describe_plan(cells, todo, _overrides(args), cache_dir))
+        return 0
+    device = resolve_device(args.device, world)
+    world = distributed.init_world(device)
+    try:
+        # Rank 0's view of the store decides, so every rank runs the same cells.
+        wanted = distributed.from_main(world, [cell.config_hash for cell in todo])
+        todo = [cell for cell in cells if cell.config_hash in set(wanted)]
+        run_file = RunFile(out, distributed.from_main(world, new_run_id()))
+        runner = Runner(args, world, device, grid.name, run_file, cache_dir)
+        rows = runner.run(todo)
+    finally:
+        distributed.close_world(world)
+    if world.is_main:
+        print(summary(rows, len(cells) - len(todo)))
+        if rows:
+            print(f"rows: {run_file.path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return execute(parse_args(argv))
+    except UserError as exc:
+        print(f"bench.run: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench.run: interrupted; finished cells are stored, rerun the same command to "
+              "complete the rest", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Numbers do not depend on how seeds are batched, and shards of a grid add up to the grid."""
+from __future__ import annotations
+
+import pytest
+from run_helpers import by_hash, read_rows, write_grid
+
+from bench.run import main
+
+
+def test_batch_size_does_not_change_the_numbers(tmp_path):
+    grid = write_grid(tmp_path)
+    cache = tmp_path / "cache"
+    results = {}
+    for batch in (7, 64):
+        out = tmp_path / f"out{batch}"
+        assert main(["--grid", str(grid), "--out", str(out), "--cache-dir", str(cache),
+                     "--batch-size", str(batch), "--quiet"]) == 0
+        results[batch] = read_rows(out)
+    small, large = by_hash(results[7]), by_hash(results[64])
+    assert len(small) == 8 and small.keys() == large.keys()  # batch size is not in the hash
+    for key, row in small.items():
+        assert row["value"] == pytest.approx(large[key]["value"], rel=1e-12, abs=0)
+        assert row["rmse_to_teacher"] == pytest.approx(large[key]["rmse_to_teacher"], rel=1e-12)
+    assert {row["batch_size"] for row in results[7]} == {7}
+
+
+def test_shards_cover_the_grid_once(tmp_path):
+    grid = write_grid(tmp_path)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    for shard in ("0/3", "1/3", "2/3"):
+        assert main(["--grid", str(grid), "--out", str(out), "--cache-dir", str(cache),
+                     "--shard", shard, "--pas", "off", "--quiet"]) == 0
+    rows = read_rows(out)
+    assert len(list(out.glob("*.jsonl"))) == 3
+    assert sorted((r["dataset"], r["solver"]) for r in rows) == sorted(
+        (d, s) for d in ("gmm2d", "digits") for s in ("ddim", "dpmpp"))
