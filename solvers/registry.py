@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,15 +50,9 @@ class SolverSpec:
     def _check(self, key: str, value: Any) -> None:
         if key in BOOL_OPTIONS and not isinstance(value, bool):
             raise ValueError(f"option {key} must be True or False (got {value!r})")
-        if key == "rho" and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-        ):
+        if key == "rho" and (not _is_real(value) or value <= 0):
             raise ValueError(f"option rho must be a positive number (got {value!r})")
-        if key == "order" and (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not 1 <= value <= self.max_order
-        ):
+        if key == "order" and (not _is_integer(value) or not 1 <= value <= self.max_order):
             raise ValueError(
                 f"{self.name} order must be an integer in 1..{self.max_order} (got {value!r})"
             )
@@ -73,17 +68,26 @@ class SolverSpec:
         """
         opts = self.resolve(options)
         offset = int(opts["denoise_to_zero"]) - int(opts["afs"])
-        if not isinstance(nfe, bool) and isinstance(nfe, int) and nfe >= 1:
-            steps, rest = divmod(nfe - offset, self.stages)
+        if _is_integer(nfe) and nfe >= 1:
+            steps, rest = divmod(int(nfe) - offset, self.stages)
             if rest == 0 and steps >= 1:
                 return steps
-        first = next(self.stages * n + offset for n in range(1, 3) if self.stages * n + offset >= 1)
+        # The smallest valid nfe: one step, or two where one step would need no call at all.
+        first = self.stages + offset if self.stages + offset >= 1 else 2 * self.stages + offset
         kind = "an" if self.stages == 1 else ("an even" if first % 2 == 0 else "an odd")
         needs = f"{kind} nfe >= {first}"
         flags = [f"{k}=True" for k in ("afs", "denoise_to_zero") if opts[k]]
         if flags:
             needs += f" with {' and '.join(flags)}"
         raise ValueError(f"{self.name} needs {needs} (got {nfe!r})")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _spec(

@@ -37,11 +37,9 @@ def sample(
     or what ``correction`` returns for it. Returns x_N (D(x_N, t_N) with denoise_to_zero), and
     with ``return_trajectory`` also the states x_0..x_N as one [N+1, B, *shape] tensor.
     """
-    spec = get_solver(solver)
-    opts = spec.resolve(options)
     _check_latents(latents)
-    num_steps = spec.steps_for_nfe(nfe, **opts)
-    times = _times(denoiser, spec, schedule, num_steps, opts)
+    spec, opts, times = _plan(denoiser, solver, nfe, schedule, options)
+    num_steps = len(times) - 1
     ts = times.to(device=latents.device, dtype=latents.dtype)
     tf = ts.tolist()  # one device sync; all per-step coefficient math runs on Python floats
 
@@ -65,6 +63,34 @@ def sample(
     if opts["denoise_to_zero"]:
         x = model(x, num_steps)
     return (x, traj) if return_trajectory else x
+
+
+def schedule_for(
+    denoiser: Denoiser,
+    solver: str,
+    nfe: int,
+    schedule: str | Tensor | Sequence[float] | None = None,
+    **options: Any,
+) -> Tensor:
+    """The N+1 float64 times ``sample`` steps through for the same arguments.
+
+    PAS builds its teacher grid around these; ``sample`` casts them to the latents' dtype.
+    """
+    return _plan(denoiser, solver, nfe, schedule, options)[2]
+
+
+def _plan(
+    denoiser: Denoiser,
+    solver: str,
+    nfe: int,
+    schedule: str | Tensor | Sequence[float] | None,
+    options: dict[str, Any],
+) -> tuple[SolverSpec, dict[str, Any], Tensor]:
+    """The solver, its checked options and the float64 times, or ValueError."""
+    spec = get_solver(solver)
+    opts = spec.resolve(options)
+    num_steps = spec.steps_for_nfe(nfe, **opts)
+    return spec, opts, _times(denoiser, spec, schedule, num_steps, opts)
 
 
 def _times(

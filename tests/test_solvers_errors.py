@@ -1,10 +1,12 @@
 """Bad input gives one clear ValueError that names what is valid."""
 
+from functools import partial
+
 import pytest
 import torch
 from solver_helpers import GaussianDenoiser, latents
 
-from solvers import REGISTRY, SolverSpec, sample, solver_names
+from solvers import REGISTRY, SolverSpec, sample, schedule_for, solver_names
 
 DEN = GaussianDenoiser()
 
@@ -85,3 +87,21 @@ def test_explicit_schedule_is_used_verbatim():
     assert torch.equal(traj[0], 10.0 * z)
     x_list = sample(DEN, z, "ddim", 4, t.tolist())
     assert torch.equal(x, x_list)
+
+
+def record(seen, ctx):
+    seen.append(ctx)
+    return ctx.direction
+
+
+def test_schedule_for_is_what_sample_steps_through():
+    den = GaussianDenoiser(sigma_min=0.01, sigma_max=50.0)
+    z = latents(2, (4,))
+    for name, opts in [("heun", {"afs": True}), ("unipc", {}), ("ipndm", {"rho": 3})]:
+        times = schedule_for(den, name, 7, **opts)
+        seen = []
+        sample(den, z, name, 7, correction=partial(record, seen), **opts)
+        assert times.dtype == torch.float64
+        assert [c.t_cur.item() for c in seen] + [seen[-1].t_next.item()] == times.tolist()
+    with pytest.raises(ValueError, match="heun needs an even nfe"):
+        schedule_for(den, "heun", 7)
