@@ -2,8 +2,9 @@
 
 Streams the PNG/JPEG files under DIR (recursively, in sorted order) through pytorch-fid's
 Inception in batches and accumulates the sums of the features and of their outer products in
-float64, so memory stays flat however many images there are. Writes ``mu`` (mean) and ``sigma``
-(unbiased covariance), the keys of EDM's and pytorch-fid's ``.npz`` files.
+float64 (bench.metrics.MomentAccumulator, as the benchmark's own FID does), so memory stays flat
+however many images there are. Writes ``mu`` (mean) and ``sigma`` (unbiased covariance), the
+keys of EDM's and pytorch-fid's ``.npz`` files.
 """
 
 from __future__ import annotations
@@ -22,33 +23,9 @@ from tqdm import tqdm
 
 from bench.errors import UserError
 from bench.inception import load_inception, uint8_features
+from bench.metrics import MomentAccumulator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class RunningStats:
-    """Streaming mean and covariance of feature rows, from float64 sums."""
-
-    def __init__(self, dim: int) -> None:
-        self.count = 0
-        self.total = np.zeros(dim, dtype=np.float64)
-        self.outer = np.zeros((dim, dim), dtype=np.float64)
-
-    def update(self, features: np.ndarray) -> None:
-        features = np.asarray(features, dtype=np.float64)
-        self.count += features.shape[0]
-        self.total += features.sum(axis=0)
-        self.outer += features.T @ features
-
-    def mean(self) -> np.ndarray:
-        return self.total / self.count
-
-    def cov(self) -> np.ndarray:
-        """Unbiased covariance (divides by count - 1, like ``np.cov``)."""
-        if self.count < 2:
-            raise UserError(f"a covariance needs at least 2 images, got {self.count}")
-        mu = self.mean()
-        return (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -97,14 +74,21 @@ def files_stats(
     model: torch.nn.Module, files: Sequence[Path], batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the Inception pool features of the images ``files``."""
-    stats = None
+    moments = None
     with tqdm(total=len(files), unit="img", desc="inception", disable=None) as bar:
         for pixels in _batches(files, batch_size):
-            features = uint8_features(model, pixels).cpu().numpy()
-            stats = stats or RunningStats(features.shape[1])
-            stats.update(features)
+            features = uint8_features(model, pixels)
+            if moments is None:
+                # Centring at the first batch's mean keeps the float64 sums free of cancellation.
+                moments = MomentAccumulator(
+                    features.shape[1], shift=features.mean(dim=0), device=features.device
+                )
+            moments.update(features)
             bar.update(len(pixels))
-    return stats.mean(), stats.cov()
+    if float(moments.count) < 2:
+        raise UserError(f"a covariance needs at least 2 images, got {float(moments.count):.0f}")
+    mu, sigma = moments.mean_cov()
+    return mu.numpy(), sigma.numpy()
 
 
 def save_stats(path: Path | str, mu: np.ndarray, sigma: np.ndarray) -> None:

@@ -67,6 +67,26 @@ class TinyPrecond(torch.nn.Module):
 
 
 @persistence.persistent_class
+class LabelPainter(torch.nn.Module):
+    # Denoises every image to a flat grey that encodes its class c: 2 c / (label_dim - 1) - 1.
+
+    def __init__(self, img_resolution, img_channels, label_dim):
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.sigma_min = 0.0
+        self.sigma_max = float("inf")
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma, class_labels=None, **kwargs):
+        if class_labels is None:
+            class_labels = torch.zeros([1, self.label_dim], device=x.device)
+        grey = class_labels.to(torch.float32).argmax(dim=1) * (2.0 / (self.label_dim - 1)) - 1
+        return grey.reshape(-1, 1, 1, 1).expand(x.shape).to(torch.float32)
+
+
+@persistence.persistent_class
 class TinyLoss:
     def __init__(self, sigma_data=0.5):
         self.sigma_data = sigma_data
@@ -145,9 +165,14 @@ def _writer_modules():
 
 
 def tiny_network(
-    img_resolution: int = 8, img_channels: int = 3, label_dim: int = 0, seed: int = 0, **kwargs
+    img_resolution: int = 8,
+    img_channels: int = 3,
+    label_dim: int = 0,
+    seed: int = 0,
+    kind: str = "TinyPrecond",
+    **kwargs,
 ):
-    """A freshly built TinyPrecond (from TINY_NET_SRC), with seeded weights."""
+    """A freshly built network class ``kind`` of TINY_NET_SRC, with seeded weights, and a loss."""
     import torch
 
     with _writer_modules():
@@ -155,7 +180,7 @@ def tiny_network(
         exec(TINY_NET_SRC, module.__dict__)  # noqa: S102 (our own test source)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = module.TinyPrecond(img_resolution, img_channels, label_dim=label_dim, **kwargs)
+            net = getattr(module, kind)(img_resolution, img_channels, label_dim=label_dim, **kwargs)
         loss = module.TinyLoss()
     net.eval().requires_grad_(False)
     return net, loss

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 from edm_format import tiny_network, write_edm_pickle
+from PIL import Image
 
 import solvers
 from bench.checkpoints import load_edm
 from bench.datasets import get_dataset
 from bench.edm import EDM_SPECS, FID_REFS_URL, PRETRAINED_URL, reference_stats, required_downloads
 from bench.errors import UserError
+from bench.inception import load_inception
 
 LOADER = """
 import importlib.util, sys, torch
@@ -131,6 +133,36 @@ def test_conditional_dataset_feeds_the_network_labels_drawn_from_each_seed(tmp_p
     assert len(seen) == 3 and all(torch.equal(s.argmax(1), torch.tensor(expected)) for s in seen)
     other = solvers.sample(den, latents, "ddim", 3, class_labels=labels.roll(1, dims=0))
     assert not torch.allclose(samples, other)
+
+
+def test_runner_samples_a_conditional_checkpoint_with_each_seeds_class(tmp_path):
+    # The network paints each image a grey that encodes its class, so the saved PNGs show
+    # which label every seed's sample was drawn with.
+    net, _ = tiny_network(img_resolution=64, label_dim=1000, kind="LabelPainter")
+    model = write_edm_pickle(tmp_path / "painter.pkl", net)
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    torch.save(load_inception(random_weights=True).state_dict(), tmp_path / "inception.pth")
+    command = [sys.executable, "-m", "bench.run", "--grid", "paper", "--datasets", "imagenet64"]
+    command += ["--solvers", "ddim", "--nfe", "4", "--pas", "off", "--num-samples", "5"]
+    command += ["--batch-size", "2", "--device", "cpu", "--model-path", str(model)]
+    command += ["--ref-stats", str(tmp_path / "ref.npz"), "--inception-weights"]
+    command += [str(tmp_path / "inception.pth"), "--out", str(tmp_path / "rows")]
+    command += ["--save-images", str(tmp_path / "images"), "--quiet"]
+    env = {**os.environ, "PASBENCH_CACHE": str(tmp_path / "cache"), "PASBENCH_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(command, env=env, capture_output=True, check=False, text=True)
+    assert done.returncode == 0, done.stderr
+    pngs = sorted((tmp_path / "images").rglob("*.png"))
+    assert [p.name for p in pngs] == [f"{seed:06d}.png" for seed in range(5)]
+    for seed, png in enumerate(pngs):
+        gen = torch.Generator().manual_seed(seed)
+        torch.randn((3, 64, 64), generator=gen, dtype=torch.float64)
+        label = torch.randint(1000, (1,), generator=gen).item()
+        # 8-bit export floors x * 127.5 + 128; adjacent classes are 0.26 levels apart, random
+        # ones about 85, so a seed drawn with another label (or none) lands far off.
+        level = (label * (2.0 / 999) - 1) * 127.5 + 127.5
+        pixels = np.asarray(Image.open(png), dtype=np.float64)
+        assert abs(pixels.mean() - level) < 1.0 and np.abs(pixels - level).max() < 3.0
 
 
 def test_edm_specs_name_the_published_files():
