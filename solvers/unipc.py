@@ -22,6 +22,7 @@ class UniPCCoefficients(NamedTuple):
     b: list[float]
     rho_p: list[float]  # predictor weights of D1_1..D1_{p-1} (empty for p = 1)
     rho_c: list[float]  # corrector weights of D1_1..D1_{p-1} and D1_t
+    r: list[float]  # r_1..r_{p-1}: (lambda_{i-k} - lambda_i) / h
 
 
 def unipc_coefficients(times: Sequence[float], variant: str) -> UniPCCoefficients:
@@ -44,7 +45,7 @@ def unipc_coefficients(times: Sequence[float], variant: str) -> UniPCCoefficient
     else:
         rho_p = np.linalg.solve(R[: p - 1, : p - 1], b[: p - 1]).tolist()
     rho_c = [0.5] if p == 1 else np.linalg.solve(R, b).tolist()
-    return UniPCCoefficients(B_h, b, rho_p, rho_c)
+    return UniPCCoefficients(B_h, b, rho_p, rho_c, r[:-1])
 
 
 class UniPCPlan(NamedTuple):
@@ -61,15 +62,12 @@ class UniPCPlan(NamedTuple):
 def unipc_plan(times: Sequence[float], variant: str, corrector: bool) -> UniPCPlan:
     """Section 6.4's directions as weights of x_i and the m's, for one step."""
     t_cur, t_next = times[-2], times[-1]
-    p = len(times) - 1
     co = unipc_coefficients(times, variant)
-    lam = [-math.log(t) for t in times]
-    r = [(lam[-2 - k] - lam[-2]) / (lam[-1] - lam[-2]) for k in range(1, p)]
     scale = co.B_h / (t_next - t_cur)
 
     def weights(rho: Sequence[float]) -> list[float]:
         # -(B_h/delta) sum_k rho_k (m_{i-k} - m_i) / r_k, as weights of m_i, m_{i-1}, ...
-        w = [0.0] + [-scale * rho_k / r_k for rho_k, r_k in zip(rho, r)]
+        w = [0.0] + [-scale * rho_k / r_k for rho_k, r_k in zip(rho, co.r)]
         w[0] = -sum(w)
         return w
 
