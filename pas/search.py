@@ -76,6 +76,47 @@ def least_squares_coords(offset: Tensor, basis: Tensor, dt: float) -> Tensor:
     return coords.to(device=basis.device, dtype=basis.dtype)
 
 
+class Objective:
+    """L1 or pseudo-Huber loss of the shared coordinates c, and its gradient in c.
+
+    The gradient is written out instead of taken by autograd: each epoch is then three passes over
+    preallocated buffers (prediction, elementwise derivative, projection onto the basis). Autograd
+    allocated several S*D temporaries per epoch, and at S*D ~ 1e5..1e7 that allocation (page
+    faults) cost more than the arithmetic. ``tests/test_pas_search.py`` checks it against autograd.
+    """
+
+    def __init__(self, name: str, offset: Tensor, basis: Tensor, dt: float):
+        if name not in ("L1", "pseudo_huber"):
+            raise ValueError(f"no gradient-based fit for loss {name!r}")
+        self.name = name
+        self.samples, q, self.dim = basis.shape
+        # Coordinate-major layout: the prediction is one matrix-vector product per epoch.
+        self.flat_basis = basis.transpose(0, 1).reshape(q, -1)
+        self.offset = offset.reshape(-1)
+        self.dt = dt
+        self.residual = torch.empty_like(self.offset)
+        self.work = torch.empty_like(self.offset)
+
+    def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, d loss / d coords) at ``coords``."""
+        r, w = self.residual, self.work
+        torch.addmv(self.offset, self.flat_basis.T, coords, alpha=self.dt, out=r)
+        if self.name == "L1":
+            value = torch.abs(r, out=w).mean()
+            torch.sign(r, out=w)
+            scale = 1.0 / r.numel()
+        else:
+            c = PSEUDO_HUBER_C
+            per_sample = torch.mul(r, r, out=w).view(self.samples, self.dim).mean(dim=1)
+            root = torch.sqrt(per_sample + c**2)
+            value = (root - c).mean()
+            torch.div(
+                r.view(self.samples, self.dim), root[:, None], out=w.view(self.samples, self.dim)
+            )
+            scale = 1.0 / r.numel()
+        return value, (self.dt * scale) * (self.flat_basis @ w)
+
+
 def adam_coords(
     offset: Tensor, basis: Tensor, dt: float, start: Tensor, settings: FitSettings
 ) -> tuple[Tensor, int]:
@@ -83,23 +124,17 @@ def adam_coords(
 
     Returns the coordinates after the last step and the number of epochs run.
     """
-    samples, q, dim = basis.shape
-    # Coordinate-major layout: the prediction is one vector-matrix product per epoch.
-    flat_basis = basis.transpose(0, 1).reshape(q, samples * dim)
-    flat_offset = offset.reshape(-1)
-    coords = start.clone().requires_grad_(True)
+    objective = Objective(settings.loss, offset, basis, dt)
+    coords = start.clone()
     optimiser = torch.optim.Adam([coords], lr=settings.lr)
     history: list[float] = []
     for _ in range(settings.epochs):
-        optimiser.zero_grad(set_to_none=True)
-        residual = flat_offset + dt * (coords @ flat_basis)
-        value = loss_value(settings.loss, residual.reshape(samples, dim))
-        value.backward()
+        value, coords.grad = objective(coords)
         optimiser.step()
         history.append(value.item())
         if is_flat(history, settings.early_stop):
             break
-    return coords.detach(), len(history)
+    return coords, len(history)
 
 
 def fit_coords(

@@ -7,6 +7,7 @@ import torch
 
 from pas.search import (
     FitSettings,
+    Objective,
     accept,
     adam_coords,
     is_flat,
@@ -44,6 +45,18 @@ def test_l2_with_an_unused_coordinate_gives_it_zero():
     coords = least_squares_coords(offset, basis, 0.5)
     assert coords[2] == 0.0
     assert torch.allclose(coords[:2], least_squares_coords(offset, basis[:, :2], 0.5), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["L1", "pseudo_huber"])
+def test_objective_gradient_matches_autograd(name):
+    offset, basis = _problem()
+    coords = torch.tensor([0.3, -1.2, 2.0], dtype=F64, requires_grad=True)
+    value, grad = Objective(name, offset, basis, -0.7)(coords.detach())
+    residual = offset - 0.7 * torch.einsum("sqd,q->sd", basis, coords)
+    expected = loss_value(name, residual)
+    expected.backward()
+    assert torch.allclose(value, expected.detach(), rtol=1e-14)
+    assert torch.allclose(grad, coords.grad, rtol=1e-12, atol=1e-15)
 
 
 def test_l1_adam_reaches_the_l1_minimum():
