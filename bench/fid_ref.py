@@ -106,7 +106,7 @@ def save_stats(path: Path | str, mu: np.ndarray, sigma: np.ndarray) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.fid_ref", description=__doc__.splitlines()[0]
+        prog="python -m bench.fid_ref", description="FID reference statistics of an image folder."
     )
     parser.add_argument(
         "--images",
