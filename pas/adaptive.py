@@ -59,7 +59,7 @@ class FittingHook:
         settings: FitSettings,
         tau_first: float,
         tau: float,
-        progress: bool,
+        bar: tqdm,
     ):
         self.targets = targets
         self.k = k
@@ -69,9 +69,7 @@ class FittingHook:
         self.tau = tau
         self.search: list[StepSearch] = []
         self.corrected: dict[int, list[float]] = {}
-        self.bar = tqdm(
-            total=len(targets) - 1, desc="PAS fit", unit="step", disable=None if progress else True
-        )
+        self.bar = bar
 
     def __call__(self, ctx: StepContext) -> Tensor:
         samples = ctx.x_cur.shape[0]
@@ -212,23 +210,25 @@ def fit(
         progress=progress,
     )
     settings = FitSettings(loss=loss, lr=lr, epochs=epochs, early_stop=early_stop)
-    hook = FittingHook(teach.states.to(device), k, use_xT, settings, tau_first, tau, progress)
     latents, labels = solvers.latents_for_seeds(
         seeds, denoiser.shape, dtype=dtype, device=device, label_dim=denoiser.label_dim
     )
     start = time.perf_counter()
-    solvers.sample(
-        ChunkedDenoiser(denoiser, batch_size),
-        latents,
-        solver,
-        nfe,
-        schedule=times.to(dtype),
-        correction=hook,
-        class_labels=labels,
-        **solver_options,
-    )
+    with tqdm(
+        total=len(times) - 1, desc="PAS fit", unit="step", disable=None if progress else True
+    ) as bar:
+        hook = FittingHook(teach.states.to(device), k, use_xT, settings, tau_first, tau, bar)
+        solvers.sample(
+            ChunkedDenoiser(denoiser, batch_size),
+            latents,
+            solver,
+            nfe,
+            schedule=times,
+            correction=hook,
+            class_labels=labels,
+            **solver_options,
+        )
     fit_seconds = time.perf_counter() - start
-    hook.bar.close()
     return PASArtifact(
         dataset=dataset or denoiser.name,
         model=denoiser.name,

@@ -70,7 +70,6 @@ class TeacherTrajectories:
     """Teacher states at the student's points, [N+1, S, *shape] (CPU), and how they were made."""
 
     states: Tensor
-    labels: Tensor | None
     config: dict[str, Any]
     seconds: float
     cached: bool
@@ -98,8 +97,8 @@ def _run_teacher(
     device,
     batch_size: int,
     progress: bool,
-) -> tuple[Tensor, Tensor | None]:
-    states, labels = [], []
+) -> Tensor:
+    states = []
     chunks = [list(seeds[i : i + batch_size]) for i in range(0, len(seeds), batch_size)]
     nfe = 2 * (len(fine) - 1)
     bar = tqdm(chunks, desc="PAS teacher", unit="batch", disable=None if progress else True)
@@ -117,9 +116,7 @@ def _run_teacher(
             return_trajectory=True,
         )
         states.append(trajectory[::stride].cpu())
-        if onehot is not None:
-            labels.append(onehot.cpu())
-    return torch.cat(states, dim=1), torch.cat(labels) if labels else None
+    return torch.cat(states, dim=1)
 
 
 def teacher_trajectories(
@@ -164,14 +161,12 @@ def teacher_trajectories(
     stored = load_tensors(path)
     if stored is not None and stored.get("config") == config:
         return TeacherTrajectories(
-            stored["states"], stored["labels"], config, time.perf_counter() - start, cached=True
+            stored["states"], config, time.perf_counter() - start, cached=True
         )
     alphas = getattr(denoiser, "alphas_cumprod", None)
     sigma_range = (float(denoiser.sigma_min), float(denoiser.sigma_max))
     fine = teacher_grid(times, inserted, schedule, sigma_range, rho=rho, alphas_cumprod=alphas)
-    states, labels = _run_teacher(
-        denoiser, fine, inserted + 1, seeds, dtype, device, batch_size, progress
-    )
+    states = _run_teacher(denoiser, fine, inserted + 1, seeds, dtype, device, batch_size, progress)
     seconds = time.perf_counter() - start
-    save_tensors({"config": config, "states": states, "labels": labels, "seconds": seconds}, path)
-    return TeacherTrajectories(states, labels, config, seconds, cached=False)
+    save_tensors({"config": config, "states": states, "seconds": seconds}, path)
+    return TeacherTrajectories(states, config, seconds, cached=False)
