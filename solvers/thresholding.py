@@ -27,4 +27,5 @@ def sample_quantile(x: Tensor, q: float) -> Tensor:
 def dynamic_threshold(data: Tensor, q: float = 0.995) -> Tensor:
     """clamp(D, -s, s) / s with s = max(quantile_q(|D|), 1) for each sample."""
     s = sample_quantile(data.abs(), q).clamp_min(1).reshape(-1, *[1] * (data.dim() - 1))
-    return data.clamp(-s, s).div_(s)
+    # Equal to clamp(D, -s, s) / s (division is monotone and s / s = 1), with a scalar clamp.
+    return (data / s).clamp_(-1, 1)
