@@ -259,6 +259,7 @@ def fit(
             "trajectories": trajectories,
             "seeds": seed_range(seeds),
             "cached": teach.cached,
+            "generation_seconds": teach.generation_seconds,
         },
         fit_seconds=fit_seconds,
         teacher_seconds=teach.seconds,

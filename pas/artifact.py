@@ -33,11 +33,13 @@ class StepSearch:
 
 
 class PASCorrection:
-    """The correction hook for ``solvers.sample``: corrected steps use sum_j c_j u_j."""
+    """The correction hook for ``solvers.sample``: corrected steps use sum_j c_j u_j.
 
-    def __init__(self, corrected: dict[int, list[float]], k: int, use_xT: bool, num_steps: int):
+    A step with q stored coordinates uses the first q rows of the basis, as in the fit.
+    """
+
+    def __init__(self, corrected: dict[int, list[float]], use_xT: bool, num_steps: int):
         self.coords = {i: torch.tensor(c, dtype=torch.float64) for i, c in corrected.items()}
-        self.k = k
         self.use_xT = use_xT
         self.num_steps = num_steps
 
@@ -97,7 +99,7 @@ class PASArtifact:
 
     def correction(self) -> PASCorrection:
         """The callable to pass as ``solvers.sample(..., correction=...)``."""
-        return PASCorrection(self.corrected, self.k, self.use_xT, self.num_steps)
+        return PASCorrection(self.corrected, self.use_xT, self.num_steps)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -67,11 +67,16 @@ def teacher_grid(
 
 @dataclass
 class TeacherTrajectories:
-    """Teacher states at the student's points, [N+1, S, *shape] (CPU), and how they were made."""
+    """Teacher states at the student's points, [N+1, S, *shape] (CPU), and how they were made.
+
+    ``seconds`` is the time this call took (a cache read when ``cached``); ``generation_seconds``
+    is what running the teacher cost when the entry was made.
+    """
 
     states: Tensor
     config: dict[str, Any]
     seconds: float
+    generation_seconds: float
     cached: bool
 
 
@@ -160,8 +165,9 @@ def teacher_trajectories(
     start = time.perf_counter()
     stored = load_tensors(path)
     if stored is not None and stored.get("config") == config:
+        elapsed = time.perf_counter() - start
         return TeacherTrajectories(
-            stored["states"], config, time.perf_counter() - start, cached=True
+            stored["states"], config, elapsed, stored["seconds"], cached=True
         )
     alphas = getattr(denoiser, "alphas_cumprod", None)
     sigma_range = (float(denoiser.sigma_min), float(denoiser.sigma_max))
@@ -169,4 +175,4 @@ def teacher_trajectories(
     states = _run_teacher(denoiser, fine, inserted + 1, seeds, dtype, device, batch_size, progress)
     seconds = time.perf_counter() - start
     save_tensors({"config": config, "states": states, "seconds": seconds}, path)
-    return TeacherTrajectories(states, config, seconds, cached=False)
+    return TeacherTrajectories(states, config, seconds, seconds, cached=False)

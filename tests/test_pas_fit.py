@@ -148,6 +148,7 @@ def test_second_fit_makes_no_teacher_calls(digits, tmp_path):
     second = pas.fit(den, "ipndm", 4, **settings)
     assert den.calls == chunks * 4 and second.teacher["cached"]
     assert second.teacher_seconds < first.teacher_seconds
+    assert second.teacher["generation_seconds"] == first.teacher_seconds
     assert len(list((tmp_path / "teacher").iterdir())) == 1
 
 
