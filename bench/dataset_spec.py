@@ -1,8 +1,8 @@
 """The description of one benchmark dataset: how to build its denoiser and how it is scored."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -1,8 +1,8 @@
 """The step context handed to a correction hook (architecture.md, Solvers contract)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 

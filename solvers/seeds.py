@@ -1,7 +1,7 @@
 """Per-sample seeding: sample n always starts from the latent of seed n."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

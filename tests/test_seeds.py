@@ -21,7 +21,7 @@ def test_latents_are_drawn_in_float64_then_cast():
 
 
 def test_labels_come_from_the_same_generator_right_after_the_latent():
-    latents, labels = latents_for_seeds([0, 9], (2,), dtype=torch.float64, label_dim=10)
+    _, labels = latents_for_seeds([0, 9], (2,), dtype=torch.float64, label_dim=10)
     assert labels.shape == (2, 10) and torch.equal(labels.sum(1), torch.ones(2, dtype=torch.float64))
     gen = torch.Generator().manual_seed(9)
     torch.randn((2,), generator=gen, dtype=torch.float64)
