@@ -11,15 +11,18 @@ import hashlib
 import inspect
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pas
 from bench.dataset_spec import DatasetSpec
 from bench.datasets import get_dataset
 from bench.errors import UserError
 from bench.grids import Grid
+from pas.search import loss_name
+from solvers import REGISTRY, schedule_names
 
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
 REFERENCE_SOLVER, REFERENCE_NFE, REFERENCE_SCHEDULE = "heun", 200, "polynomial"
@@ -66,10 +69,8 @@ class Cell:
     precision: str
     metric: str
     rmse_samples: int
-    model: str
-    config_hash: str = ""
-    pas_key: str | None = None
-    identity: dict[str, Any] = field(default_factory=dict, repr=False)
+    config_hash: str
+    pas_key: str | None
 
     @property
     def seeds(self) -> str:
@@ -98,8 +99,6 @@ def file_identity(path: str) -> str:
 
 
 def _solver_spec(name: str):
-    from solvers import REGISTRY
-
     if name not in REGISTRY:
         raise UserError(f"unknown solver {name!r}; choose from: {', '.join(REGISTRY)}")
     return REGISTRY[name]
@@ -114,8 +113,6 @@ def _dataset_spec(name: str) -> DatasetSpec:
 
 def resolve_solver(solver: str, spec: DatasetSpec, grid: Grid) -> tuple[str, dict[str, Any]]:
     """The schedule name and complete option dict a solver runs with on a dataset."""
-    from solvers.schedules import schedule_names
-
     described = _solver_spec(solver)
     chosen = dict(grid.solver_options.get(solver, {}))
     schedule = chosen.pop("schedule", described.default_schedule)
@@ -132,8 +129,6 @@ def resolve_solver(solver: str, spec: DatasetSpec, grid: Grid) -> tuple[str, dic
 
 def pas_defaults() -> dict[str, Any]:
     """The settings pas.fit uses when not told otherwise (its keyword defaults)."""
-    import pas
-
     params = inspect.signature(pas.fit).parameters.values()
     return {p.name: p.default for p in params
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
@@ -158,8 +153,6 @@ def resolve_pas(grid: Grid, dataset: str, defaults: dict[str, Any]) -> dict[str,
             raise UserError(f"PAS setting {key} must be a {type(defaults[key]).__name__}, "
                             f"got {value!r}")
     if "loss" in chosen:
-        from pas.search import loss_name
-
         try:
             chosen["loss"] = loss_name(chosen["loss"])
         except ValueError as exc:
@@ -255,8 +248,8 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         index=index, dataset=spec.name, solver=solver, nfe=nfe, steps=steps, pas=use_pas,
         schedule=schedule, options=options, pas_settings=pas_settings, num_samples=num_samples,
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
-        rmse_samples=rmse_samples, model=model, config_hash=canonical_hash(identity),
-        pas_key=canonical_hash(fit_identity) if use_pas else None, identity=identity,
+        rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
+        pas_key=canonical_hash(fit_identity) if use_pas else None,
     )
 
 

@@ -47,7 +47,7 @@ from bench.plan import (
 from bench.results import RunFile, ensure_writable, existing_hashes, new_run_id, provenance, utc_now
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Test hook: after this many rows, the next cell interrupts itself (SIGINT) after its first batch.
+# Test hook: after this many cells, the next one interrupts itself (SIGINT) after its first batch.
 FAULT_ENV = "PASBENCH_FAULT_AFTER_ROWS"
 
 
@@ -117,7 +117,7 @@ class Runner:
         self.cache_dir = cache_dir
         self.progress = _show_progress(args, world)
         self.fixed = {**provenance(), "device": device_name(device)} if world.is_main else {}
-        self.rows_written = 0
+        self.cells_done = 0
         self.fault_after = int(os.environ[FAULT_ENV]) if FAULT_ENV in os.environ else None
         self._denoisers: dict[tuple, Any] = {}
         self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
@@ -154,19 +154,14 @@ class Runner:
         mu, sigma = edm.reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
         return partial(inception.inception_features, self._inception), FrechetReference(mu, sigma)
 
-    def reference_solve(self, cell: Cell, count: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Heun-200 on the polynomial schedule from seeds 0..count-1: (final states, trajectory
-        of the first PREVIEW_COUNT seeds for 2-D data, else None)."""
+    def reference_solve(self, cell: Cell, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Heun-200 on the polynomial schedule from seeds 0..count-1: the final states, and for
+        2-D data all states of the first PREVIEW_COUNT seeds (else None). Shared by all cells."""
         key = (cell.dataset, cell.dtype, cell.precision, count)
         if key not in self._references:
-            denoiser = self.denoiser(cell)
-            latents, labels = solvers.latents_for_seeds(range(count), shape, dtype=DTYPES[cell.dtype],
-                                                        device=self.device, label_dim=denoiser.label_dim)
-            final, trajectory = solvers.sample(denoiser, latents, REFERENCE_SOLVER, REFERENCE_NFE,
-                                               REFERENCE_SCHEDULE, class_labels=labels,
-                                               return_trajectory=True)
-            keep = trajectory[:, :PREVIEW_COUNT].cpu() if shape == (2,) else None
-            self._references[key] = (final.cpu(), keep)
+            planar = tuple(self.denoiser(cell).shape) == (2,)
+            final, states = self._solve(cell, range(count), None, reference=True, trajectory=planar)
+            self._references[key] = (final, states[:, :PREVIEW_COUNT] if planar else None)
         return self._references[key]
 
     def artifact(self, cell: Cell) -> Any:
@@ -177,7 +172,10 @@ class Runner:
                 self._fit(cell).save(path)
             distributed.barrier(self.world)
             # Every rank (rank 0 included) samples with the loaded file, so they agree exactly.
-            self._artifacts[cell.pas_key] = pas.PASArtifact.load(path)
+            try:
+                self._artifacts[cell.pas_key] = pas.PASArtifact.load(path)
+            except ValueError as exc:
+                raise UserError(f"{exc}; delete {path} to fit it again") from None
         return self._artifacts[cell.pas_key]
 
     def _fit(self, cell: Cell) -> Any:
@@ -191,17 +189,34 @@ class Runner:
 
     # ----- one cell ---------------------------------------------------------------------------
     def _maybe_fault(self) -> None:
-        if self.fault_after is not None and self.rows_written >= self.fault_after:
+        if self.fault_after is not None and self.cells_done >= self.fault_after:
             signal.raise_signal(signal.SIGINT)
 
-    def _sample(self, cell: Cell, seeds: Sequence[int], correction: Any, *,
-                trajectory: bool = False) -> Any:
+    def _batch(self, cell: Cell, seeds: Sequence[int], correction: Any, *, reference: bool = False,
+               trajectory: bool = False) -> Any:
+        """The cell's solver (or the Heun-200 reference) on one batch of seeds, on the device."""
         denoiser = self.denoiser(cell)
         latents, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=DTYPES[cell.dtype],
                                                     device=self.device, label_dim=denoiser.label_dim)
+        if reference:
+            return solvers.sample(denoiser, latents, REFERENCE_SOLVER, REFERENCE_NFE,
+                                  REFERENCE_SCHEDULE, class_labels=labels,
+                                  return_trajectory=trajectory)
         return solvers.sample(denoiser, latents, cell.solver, cell.nfe, cell.schedule,
                               correction=correction, class_labels=labels,
                               return_trajectory=trajectory, **cell.options)
+
+    def _solve(self, cell: Cell, seeds: range, correction: Any, *, reference: bool = False,
+               trajectory: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(final states, trajectory or None) of ``seeds`` on the CPU, in batches of the cell's size."""
+        finals, paths = [], []
+        for start in range(seeds.start, seeds.stop, cell.batch_size):
+            batch = range(start, min(start + cell.batch_size, seeds.stop))
+            result = self._batch(cell, batch, correction, reference=reference, trajectory=trajectory)
+            final, path = result if trajectory else (result, None)
+            finals.append(final.cpu())
+            paths.append(path.cpu() if trajectory else None)
+        return torch.cat(finals), torch.cat(paths, dim=1) if trajectory else None
 
     def _stream(self, cell: Cell, correction: Any, accumulator: FrechetAccumulator) -> tuple[float, float]:
         """Sample this rank's seeds batch by batch into the accumulator; (sample_s, metric_s)."""
@@ -214,7 +229,7 @@ class Runner:
         for start in tqdm(starts, desc=label, unit="batch", leave=False, disable=not self.progress):
             batch = range(start, min(start + cell.batch_size, seeds.stop))
             began = time.perf_counter()
-            samples = self._sample(cell, batch, correction)
+            samples = self._batch(cell, batch, correction)
             _sync(self.device)
             sampled = time.perf_counter()
             accumulator.update(samples)
@@ -228,19 +243,17 @@ class Runner:
 
     def _preview(self, cell: Cell, correction: Any) -> tuple[str, float | None]:
         """Save the cell's preview arrays and compute rmse_to_teacher; (preview name, rmse)."""
-        shape = tuple(self.denoiser(cell).shape)
+        planar = tuple(self.denoiser(cell).shape) == (2,)
         count = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
-        planar = shape == (2,)
-        result = self._sample(cell, range(count), correction, trajectory=planar)
-        samples, trajectory = result if planar else (result, None)
-        arrays = {"samples": samples[:PREVIEW_COUNT].float().cpu().numpy()}
+        samples, trajectory = self._solve(cell, range(count), correction, trajectory=planar)
+        arrays = {"samples": samples[:PREVIEW_COUNT].float().numpy()}
         error = None
         if planar or cell.rmse_samples:
-            teacher_final, teacher_states = self.reference_solve(cell, count, shape)
+            teacher_final, teacher_states = self.reference_solve(cell, count)
             if cell.rmse_samples:
                 error = rmse(samples[:cell.rmse_samples], teacher_final[:cell.rmse_samples])
             if planar:
-                arrays["trajectory"] = trajectory[:, :PREVIEW_COUNT].float().cpu().numpy()
+                arrays["trajectory"] = trajectory[:, :PREVIEW_COUNT].float().numpy()
                 arrays["teacher"] = teacher_states.float().numpy()
         return self.run_file.save_preview(cell.config_hash, arrays), error
 
@@ -293,7 +306,7 @@ class Runner:
             if row is not None:
                 self.run_file.append(row)
                 rows.append(row)
-            self.rows_written += 1
+            self.cells_done += 1
         return rows
 
 
@@ -328,10 +341,9 @@ def execute(args: Namespace) -> int:
     cells = select_shard(build_plan(grid, _overrides(args)), args.shard)
     out, cache_dir = Path(args.out), _cache_dir(args)
     world = distributed.launched_world()
-    if world.is_main:
-        ensure_writable(out)
-        if args.save_images:
-            ensure_writable(Path(args.save_images))
+    ensure_writable(out)
+    if args.save_images:
+        ensure_writable(Path(args.save_images))
     done = set() if args.force else existing_hashes(out)
     todo = [cell for cell in cells if cell.config_hash not in done]
     if args.dry_run:

@@ -7,6 +7,8 @@ from run_helpers import run_cli, write_grid
 
 from bench.cli import parse_args, parse_shard
 from bench.errors import UserError
+from bench.grids import load_grid
+from bench.plan import Overrides, build_plan
 from bench.run import main
 
 
@@ -143,3 +145,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, tiny, capsys):
     assert f"denoiser evaluations to run: {sampling + previews + reference:,}" in text
     assert "downloads: none" in text
     assert not list(out.glob("*.jsonl")) and not cache.exists()
+
+
+def test_corrupt_cached_artifact_is_a_user_error(tmp_path, tiny, capsys):
+    (cell,) = build_plan(load_grid(str(tiny)), Overrides(datasets=["gmm2d"], solvers=["ddim"], pas="on"))
+    cache = tmp_path / "cache"
+    (cache / "artifacts").mkdir(parents=True)
+    (cache / "artifacts" / f"{cell.pas_key}.json").write_text("{not json")
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, out, ["--grid", str(tiny), "--out", str(out), "--cache-dir", str(cache),
+                                 "--datasets", "gmm2d", "--solvers", "ddim", "--pas", "on"],
+                   "delete")

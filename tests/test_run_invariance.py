@@ -1,6 +1,7 @@
 """Numbers do not depend on how seeds are batched, and shards of a grid add up to the grid."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from run_helpers import by_hash, read_rows, write_grid
 
@@ -34,3 +35,19 @@ def test_shards_cover_the_grid_once(tmp_path):
     assert len(list(out.glob("*.jsonl"))) == 3
     assert sorted((r["dataset"], r["solver"]) for r in rows) == sorted(
         (d, s) for d in ("gmm2d", "digits") for s in ("ddim", "dpmpp"))
+
+
+def test_save_images_writes_every_sample(tmp_path):
+    grid = write_grid(tmp_path)
+    images = tmp_path / "images"
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "out"), "--save-images", str(images),
+                 "--solvers", "ddim", "--pas", "off", "--num-samples", "20", "--batch-size", "8",
+                 "--quiet"]) == 0
+    rows = {row["dataset"]: row for row in read_rows(tmp_path / "out")}
+    pngs = sorted(p.name for p in (images / rows["digits"]["config_hash"]).iterdir())
+    assert pngs == [f"{seed:06d}.png" for seed in range(20)]
+    batches = sorted((images / rows["gmm2d"]["config_hash"]).glob("*.npy"))
+    assert [p.name for p in batches] == ["000000-000007.npy", "000008-000015.npy", "000016-000019.npy"]
+    points = np.concatenate([np.load(p) for p in batches])
+    with np.load(tmp_path / "out" / rows["gmm2d"]["preview"]) as preview:
+        np.testing.assert_array_equal(points.astype(np.float32), preview["samples"][:20])

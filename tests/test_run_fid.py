@@ -1,0 +1,46 @@
+"""The FID path end to end with local files only: a tiny EDM-format network standing in for the
+CIFAR-10 checkpoint, seeded random Inception weights and made-up reference statistics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from edm_format import tiny_network, write_edm_pickle
+from run_helpers import read_rows
+
+from bench.inception import FEATURE_DIM, load_inception
+from bench.run import main
+
+
+def test_fid_cell_from_local_checkpoint_files(tmp_path, capsys):
+    net, _ = tiny_network(img_resolution=32, label_dim=0, seed=2)
+    model = write_edm_pickle(tmp_path / "tiny.pkl", net)
+    weights = tmp_path / "inception.pt"
+    torch.save(load_inception(random_weights=True).state_dict(), weights)
+    rng = np.random.default_rng(0)
+    factor = rng.normal(size=(FEATURE_DIM, 16)) * 0.1
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["--grid", "smoke", "--datasets", "cifar10", "--solvers", "dpmpp", "--nfe", "3",
+            "--pas", "off", "--num-samples", "6", "--batch-size", "4", "--model-path", str(model),
+            "--ref-stats", str(ref), "--inception-weights", str(weights), "--out", str(out),
+            "--cache-dir", str(cache), "--quiet"]
+
+    assert main([*argv, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "cifar10" in plan and "downloads: none" not in plan  # Inception's default file is listed
+
+    assert main(argv) == 0
+    (row,) = read_rows(out)
+    assert row["dataset"] == "cifar10" and row["metric"] == "fid"
+    assert math.isfinite(row["value"]) and row["value"] > 0
+    assert row["options"]["thresholding"] is True  # images live in [-1, 1]
+    with np.load(out / row["preview"]) as preview:
+        assert preview["samples"].shape == (6, 3, 32, 32)
+    # The same files under other names are the same model: the row's config_hash stays.
+    other = tmp_path / "copy.pkl"
+    other.write_bytes(model.read_bytes())
+    assert main([*argv, "--model-path", str(other)]) == 0
+    assert "1 cell(s) skipped" in capsys.readouterr().out
