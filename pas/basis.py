@@ -15,8 +15,8 @@ from torch import Tensor
 
 from solvers.context import StepContext
 
-# Float64 elements held at once by the largest temporary (samples x m x m x features).
-_CHUNK_ELEMENTS = 1 << 23
+# Float64 elements of buffer rows (samples x m x features) worked on at once.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def relative_floor(dtype: torch.dtype, m: int) -> float:
@@ -41,12 +41,13 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _principal_directions(rows: Tensor, q: int, floor: float) -> tuple[Tensor, Tensor]:
     """Top-q principal directions [b, q, D] of each sample's rows [b, m, D], and which are real."""
     centred = rows - rows.mean(dim=1, keepdim=True)
-    gram = _dot(centred[:, :, None, :], centred[:, None, :, :])
+    # Batched matrix products handle each sample's matrices separately (tested batch-invariant).
+    gram = centred @ centred.transpose(1, 2)
     evals, evecs = torch.linalg.eigh(gram)
     evals, evecs = evals.flip(-1)[:, :q], evecs.flip(-1)[:, :, :q]
     lam_max = evals[:, :1].clamp(min=0.0)
     real = (evals > lam_max * floor**2) & (lam_max > 0)
-    dirs = (centred[:, :, None, :] * evecs[:, :, :, None]).sum(dim=1)
+    dirs = evecs.transpose(1, 2) @ centred
     norms = dirs.norm(dim=-1, keepdim=True)
     dirs = torch.where(real[..., None], dirs / norms.where(norms > 0, 1.0), 0.0)
     return dirs, real
@@ -109,7 +110,7 @@ def build_basis(
     m = len(buffer) + 1
     floor = relative_floor(x_cur.dtype, m)
     flat = [t.reshape(batch, -1) for t in (x_cur, direction, x_T, *buffer)]
-    chunk = max(1, _CHUNK_ELEMENTS // (m * m * flat[0].shape[1]))
+    chunk = max(1, _CHUNK_ELEMENTS // (m * flat[0].shape[1]))
     parts = []
     for start in range(0, batch, chunk):
         x, d, xt, *buf = (t[start : start + chunk].to(torch.float64) for t in flat)
