@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--no-xT", dest="use_xT", action="store_false", help="leave x_T out of the PCA buffer"
     )
-    f.add_argument("--batch-size", type=int, default=256)
+    f.add_argument("--batch-size", type=int, help="samples per denoiser call (default: dataset's)")
     f.add_argument("--cache-dir", help="default: $PASBENCH_CACHE or ~/.cache/pasbench")
     f.add_argument("--device", default="cpu")
     f.add_argument("--dtype", choices=list(DTYPES), default="float32")
@@ -108,7 +108,7 @@ def _fit(args: argparse.Namespace) -> int:
         early_stop=args.early_stop,
         tau_first=args.tau_first,
         tau=args.tau,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or spec.default_batch_size,
         cache_dir=args.cache_dir,
         device=args.device,
         dtype=dtype,
