@@ -108,7 +108,7 @@ def _fit(args: argparse.Namespace) -> int:
         early_stop=args.early_stop,
         tau_first=args.tau_first,
         tau=args.tau,
-        batch_size=args.batch_size or spec.default_batch_size,
+        batch_size=spec.default_batch_size if args.batch_size is None else args.batch_size,
         cache_dir=args.cache_dir,
         device=args.device,
         dtype=dtype,
