@@ -100,24 +100,9 @@ class FittingHook:
 
 def _student_times(denoiser, solver: str, nfe: int, schedule, options: dict[str, Any]):
     """(schedule name or None, rho, float64 times) of the student's grid; ``options`` resolved."""
-    spec = solvers.REGISTRY[solver]
-    steps = spec.steps_for_nfe(nfe, **options)
-    rho = float(options["rho"])
-    if schedule is None:
-        schedule = spec.default_schedule
-    if isinstance(schedule, str):
-        extra = {"alphas_cumprod": denoiser.alphas_cumprod} if schedule == "discrete" else {}
-        times = solvers.get_schedule(
-            schedule, steps + 1, denoiser.sigma_min, denoiser.sigma_max, rho=rho, **extra
-        )
-        return schedule, rho, times
-    times = torch.as_tensor(schedule, dtype=torch.float64).cpu()
-    if times.ndim != 1 or len(times) != steps + 1:
-        raise ValueError(
-            f"{solver} at NFE {nfe} takes {steps} steps, so needs {steps + 1} times, "
-            f"got {tuple(times.shape)}"
-        )
-    return None, rho, times
+    name = solvers.REGISTRY[solver].default_schedule if schedule is None else schedule
+    times = solvers.schedule_for(denoiser, solver, nfe, name, **options)
+    return (name if isinstance(name, str) else None), float(options["rho"]), times
 
 
 def _check_settings(
