@@ -36,6 +36,7 @@ class GaussianMixtureDenoiser:
         weights: Tensor | None = None,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
+        factors: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(shape)
@@ -49,13 +50,21 @@ class GaussianMixtureDenoiser:
         self.weights = weights.to(self.means)
         self._log_weights = self.weights.log()
         self._half_sq_norms = 0.5 * (self.means * self.means).sum(dim=1)
+        # Optional means = coords @ lift.T with few coordinates (digits32: each digit's 64 pixels
+        # lifted by the linear upsampling): both products then cost O(r (D + K)), not O(D K).
+        self.factors = None if factors is None else tuple(f.to(self.means) for f in factors)
 
     def __call__(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
         var = self.std**2 + sigma**2
-        logits = (flat @ self.means.T - self._half_sq_norms) / var + self._log_weights
-        posterior_mean = torch.softmax(logits, dim=1) @ self.means
+        if self.factors is None:
+            dots = flat @ self.means.T
+        else:
+            coords, lift = self.factors
+            dots = (flat @ lift) @ coords.T
+        posterior = torch.softmax((dots - self._half_sq_norms) / var + self._log_weights, dim=1)
+        posterior_mean = posterior @ self.means if self.factors is None else (posterior @ coords) @ lift.T
         shrink = self.std**2 / var
         return (shrink * flat + (1 - shrink) * posterior_mean).reshape(x.shape)
 
@@ -69,6 +78,7 @@ class GaussianMixtureDenoiser:
             self.weights.to(device=device, dtype=dtype),
             self.sigma_min,
             self.sigma_max,
+            None if self.factors is None else tuple(f.to(device=device, dtype=dtype) for f in self.factors),
         )
 
     def data_mean(self) -> Tensor:
@@ -97,17 +107,26 @@ def digit_images() -> Tensor:
     return (pixels / 8.0 - 1.0).unsqueeze(1)
 
 
+def upsample_32(images: Tensor) -> Tensor:
+    """[N, 1, 8, 8] -> [N, 3, 32, 32]: bilinear upsampling, the channel repeated (a linear map)."""
+    up = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    return up.expand(-1, 3, -1, -1).contiguous()
+
+
 def digit_images_32() -> Tensor:
     """The digits upsampled bilinearly to 3x32x32 (a convex combination, so still in [-1, 1])."""
-    up = torch.nn.functional.interpolate(digit_images(), size=(32, 32), mode="bilinear", align_corners=False)
-    return up.expand(-1, 3, -1, -1).contiguous()
+    return upsample_32(digit_images())
 
 
 def _mixture(name: str) -> GaussianMixtureDenoiser:
     if name == "gmm2d":
         return GaussianMixtureDenoiser("gmm2d", ring_means(), 0.1, (2,))
-    images = digit_images() if name == "digits" else digit_images_32()
-    return GaussianMixtureDenoiser(name, images, DIGITS_STD, tuple(images.shape[1:]))
+    if name == "digits":
+        return GaussianMixtureDenoiser(name, digit_images(), DIGITS_STD, (1, 8, 8))
+    # The upsampling of the 64 unit images is the lift matrix of the factored means.
+    lift = upsample_32(torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8)).reshape(64, -1).T
+    factors = (digit_images().reshape(-1, 64), lift)
+    return GaussianMixtureDenoiser(name, digit_images_32(), DIGITS_STD, (3, 32, 32), factors=factors)
 
 
 def _spec(name: str, shape: tuple[int, ...], thresholding: bool, samples: int, description: str):
