@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from run_helpers import read_rows, run_cli
+from run_helpers import REPO, read_rows, run_cli
 
 from bench.grids import load_grid
 from bench.results import ROW_KEYS
@@ -66,6 +66,11 @@ def test_smoke_grid_end_to_end_then_rerun_skips(tmp_path):
     gains = [base[(r["dataset"], r["solver"], r["nfe"])] / r["value"] for r in rows if r["pas"]]
     assert np.exp(np.mean(np.log(gains))) > 1
     assert "digits" in done.stdout and "value" in done.stdout  # the summary table
+
+    # The committed baseline: every smoke cell must match it to float64 rounding.
+    baseline = REPO / "results" / "baseline" / "smoke.jsonl"
+    compared = run_cli(str(baseline), str(out), module=("-m", "bench.compare"))
+    assert compared.returncode == 0, compared.stdout + compared.stderr
 
     again = run_cli("--grid", "smoke", "--out", str(out), "--cache-dir", str(cache))
     assert again.returncode == 0, again.stderr
