@@ -1,4 +1,4 @@
-"""``python -m bench.compare BASELINE CANDIDATE [--metric-tol REL] [--time-tol REL]``: regressions.
+"""Compare a candidate results store with a baseline and flag regressions (`python -m bench.compare`).
 
 BASELINE and CANDIDATE are run files or store folders. Cells are matched by ``config_hash``, the
 hash of everything that determines a cell's numbers (model, dataset, solver, NFE, schedule,

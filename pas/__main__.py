@@ -1,4 +1,4 @@
-"""Command line: ``python -m pas fit ...`` writes an artifact, ``show FILE`` shows it."""
+"""Fit PAS coordinates (`python -m pas fit ...`) or summarise an artifact (`python -m pas show FILE`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     f = commands.add_parser("fit", help="fit PAS coordinates for one solver and NFE")
     f.add_argument("--dataset", required=True, help="a name from bench's dataset registry")
     f.add_argument("--solver", required=True, help="ddim, ipndm, dpmpp or unipc")
-    f.add_argument("--nfe", type=int, required=True)
+    f.add_argument("--nfe", type=int, required=True, help="denoiser evaluations per sample")
     f.add_argument("--out", required=True, help="artifact path (JSON)")
     f.add_argument("--schedule", help="schedule name (default: the solver's)")
     f.add_argument("--order", type=int, help="max order of multistep solvers")
@@ -44,22 +44,22 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="dynamic thresholding of dpmpp/unipc (default: the dataset's)",
     )
-    f.add_argument("--trajectories", type=int, default=5000)
-    f.add_argument("--teacher-nfe", type=int, default=100)
+    f.add_argument("--trajectories", type=int, default=5000, help="teacher trajectories fitted on (default 5000)")
+    f.add_argument("--teacher-nfe", type=int, default=100, help="Heun teacher evaluations (default 100)")
     f.add_argument("--k", type=int, default=4, help="basis size (coordinates per step)")
     f.add_argument("--loss", default="L1", help=", ".join(LOSSES))
-    f.add_argument("--lr", type=float, default=0.01)
-    f.add_argument("--epochs", type=int, default=1000)
-    f.add_argument("--early-stop", type=int, default=10)
-    f.add_argument("--tau-first", type=float, default=1e-4)
-    f.add_argument("--tau", type=float, default=1e-4)
+    f.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
+    f.add_argument("--epochs", type=int, default=1000, help="most Adam epochs per step (default 1000)")
+    f.add_argument("--early-stop", type=int, default=10, help="stop after this many flat epochs (default 10)")
+    f.add_argument("--tau-first", type=float, default=1e-4, help="loss drop needed to accept the first step")
+    f.add_argument("--tau", type=float, default=1e-4, help="loss drop needed to accept later steps")
     f.add_argument(
         "--no-xT", dest="use_xT", action="store_false", help="leave x_T out of the PCA buffer"
     )
     f.add_argument("--batch-size", type=int, help="samples per denoiser call (default: dataset's)")
     f.add_argument("--cache-dir", help="default: $PASBENCH_CACHE or ~/.cache/pasbench")
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    f.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    f.add_argument("--dtype", choices=list(DTYPES), default="float32", help="working dtype (default float32)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     s = commands.add_parser("show", help="summarise an artifact")
     s.add_argument("path")

@@ -1,4 +1,4 @@
-"""``python -m report [RESULTS ...] [--out DIR] [--metric fd|fid] [--datasets ...] [--published CSV]``.
+"""Render stored benchmark rows as tables, figures and one HTML page (`python -m report`).
 
 Reads run files or folders (default ``results/runs/``), keeps the newest row per cell and writes
 tables (``tables/*.md``, ``*.tex``), figures (``figures/*.png``, ``*.svg``) and ``index.html`` to
