@@ -119,7 +119,7 @@ def _check_precision(precision: str) -> None:
 def read_edm_pickle(path: Path | str) -> object:
     """Unpickle an EDM file with the stand-in ``torch_utils``/``dnnlib`` modules in place."""
     try:
-        with open(path, "rb") as f, _stand_in_modules():
+        with open(path, "rb") as f, temporary_modules(_stand_ins()):
             return pickle.load(f)
     except UserError:
         raise
@@ -215,11 +215,10 @@ def _stand_ins() -> dict[str, types.ModuleType]:
 
 
 @contextlib.contextmanager
-def _stand_in_modules() -> Iterator[None]:
-    """Install the stand-ins in ``sys.modules``; put back whatever was there before on exit."""
-    stand_ins = _stand_ins()
-    saved = {name: sys.modules.get(name) for name in stand_ins}
-    sys.modules.update(stand_ins)
+def temporary_modules(modules: dict[str, types.ModuleType]) -> Iterator[None]:
+    """Install ``modules`` in ``sys.modules``; put back whatever was there before on exit."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
     try:
         yield
     finally:

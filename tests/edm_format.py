@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import sys
 import types
 from pathlib import Path
+
+from bench.checkpoints import temporary_modules
 
 # The module source that travels inside the pickle (a toy preconditioned network, EDM-style API).
 TINY_NET_SRC = """
@@ -152,16 +153,8 @@ def _writer_modules():
         "dnnlib": dnnlib,
         "dnnlib.util": util,
     }
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
+    with temporary_modules(modules):
         yield
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
 
 
 def tiny_network(
