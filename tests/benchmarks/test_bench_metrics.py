@@ -26,7 +26,7 @@ from bench.results import RunFile
 from bench.run import Runner
 
 FULL = os.environ.get("PAS_BENCH_FULL") == "1"
-CELL = ("digits32", 10_000, 1000) if FULL else ("digits", 500, 250)  # dataset, samples, batch
+CELL = ("digits32", 10_000, 250) if FULL else ("digits", 500, 250)  # dataset, samples, batch
 DIM = 2048 if FULL else 512  # Inception's feature size in the full run
 pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
 
