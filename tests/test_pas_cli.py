@@ -5,6 +5,8 @@ import pytest
 from pas import PASArtifact
 from pas.__main__ import main
 
+DDIM_FIT = ["fit", "--dataset", "digits", "--solver", "ddim", "--nfe", "5", "--out", "x.json"]
+
 
 def test_fit_then_show(tmp_path, capsys):
     out = tmp_path / "art.json"
@@ -67,34 +69,11 @@ def test_fit_then_show(tmp_path, capsys):
             "invalid int",
         ),
         (
-            [
-                "fit",
-                "--dataset",
-                "digits",
-                "--solver",
-                "ddim",
-                "--nfe",
-                "5",
-                "--out",
-                "x.json",
-                "--thresholding",
-            ],
+            [*DDIM_FIT, "--thresholding"],
             "ddim has no thresholding",
         ),
         (
-            [
-                "fit",
-                "--dataset",
-                "digits",
-                "--solver",
-                "ddim",
-                "--nfe",
-                "5",
-                "--out",
-                "x.json",
-                "--loss",
-                "lpips",
-            ],
+            [*DDIM_FIT, "--loss", "lpips"],
             "unknown PAS loss",
         ),
         ([], "required"),
