@@ -3,7 +3,13 @@
 For every sample, ``u_1 = d/||d||`` and ``u_2..u_k`` are the leading principal directions of the
 centred buffer ``[x_T?, used..., d]``, Gram-Schmidt-orthogonalised against the earlier ones and
 oriented by the sign rule. The PCA is exact: an eigendecomposition of the small m x m Gram matrix
-of the centred rows, computed per sample, so a sample's basis never depends on its batch.
+of the centred rows, computed per sample.
+
+Every basis vector lies in the span of the buffer rows, so the whole construction runs on m x m
+float64 matrices: the basis is a coefficient matrix C [k, m] per sample (``U = C @ rows``), and only
+the Gram matrix, two m-vectors of inner products and the final combination touch the D-dimensional
+rows. ``BasisTracker`` keeps float64 copies of a trajectory's rows and grows their Gram matrix by
+one or two rows per step, so a step costs O(m D) instead of O(m^2 D).
 """
 
 from __future__ import annotations
@@ -15,8 +21,7 @@ from torch import Tensor
 
 from solvers.context import StepContext
 
-# Float64 elements of buffer rows (samples x m x features) worked on at once.
-_CHUNK_ELEMENTS = 1 << 22
+F64 = torch.float64
 
 
 def relative_floor(dtype: torch.dtype, m: int) -> float:
@@ -29,32 +34,36 @@ def relative_floor(dtype: torch.dtype, m: int) -> float:
     direction below this floor is rounding noise, not data (decision 0.3), and is dropped.
     """
     from_data = 100 * m * torch.finfo(dtype).eps
-    from_gram = (100 * m * torch.finfo(torch.float64).eps) ** 0.5
+    from_gram = (100 * m * torch.finfo(F64).eps) ** 0.5
     return max(from_data, from_gram)
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise inner products over the last axis (a plain reduction: same result in any batch)."""
-    return (a * b).sum(-1)
+def _metric_dot(a: Tensor, gram: Tensor, b: Tensor) -> Tensor:
+    """<A^T a, A^T b> = a^T G b for coefficient vectors a, b [n, m] and Gram matrices G [n, m, m]."""
+    return (a * (gram @ b[..., None])[..., 0]).sum(-1)
 
 
-def _principal_directions(rows: Tensor, q: int, floor: float) -> tuple[Tensor, Tensor]:
-    """Top-q principal directions [b, q, D] of each sample's rows [b, m, D], and which are real."""
-    centred = rows - rows.mean(dim=1, keepdim=True)
-    # Batched matrix products handle each sample's matrices separately (tested batch-invariant).
-    gram = centred @ centred.transpose(1, 2)
-    evals, evecs = torch.linalg.eigh(gram)
+def _principal_coefficients(gram: Tensor, q: int, floor: float) -> tuple[Tensor, Tensor]:
+    """Coefficients [n, q, m] of the top-q unit principal directions of the centred rows, and
+    which of them are real (above the noise floor).
+
+    With J the centring matrix, the centred rows are J A, their Gram matrix is J G J, and an
+    eigenvector w (eigenvalue lam) of it gives the unit direction A^T J w / sqrt(lam) = A^T w /
+    sqrt(lam), since w is orthogonal to the all-ones vector.
+    """
+    m = gram.shape[-1]
+    centring = torch.eye(m, dtype=F64, device=gram.device) - 1.0 / m
+    evals, evecs = torch.linalg.eigh(centring @ gram @ centring)
     evals, evecs = evals.flip(-1)[:, :q], evecs.flip(-1)[:, :, :q]
     lam_max = evals[:, :1].clamp(min=0.0)
     real = (evals > lam_max * floor**2) & (lam_max > 0)
-    dirs = evecs.transpose(1, 2) @ centred
-    norms = dirs.norm(dim=-1, keepdim=True)
-    dirs = torch.where(real[..., None], dirs / norms.where(norms > 0, 1.0), 0.0)
-    return dirs, real
+    scale = torch.where(real, evals.clamp(min=torch.finfo(F64).tiny).rsqrt(), 0.0)
+    return (evecs * scale[:, None, :]).transpose(1, 2), real
 
 
-def _orthonormalise(first: Tensor, others: Tensor, real: Tensor, floor: float) -> Tensor:
-    """Gram-Schmidt of [first, others...] -> [b, 1+q, D]; a dependent or unreal vector -> zero row.
+def _orthonormalise(gram: Tensor, first: Tensor, others: Tensor, real: Tensor, floor: float):
+    """Gram-Schmidt of [first, others...] in the metric G -> [n, 1+q, m]; a dependent or unreal
+    vector becomes a zero row.
 
     Classical Gram-Schmidt, run twice per vector ("twice is enough"): identical in exact arithmetic,
     and it keeps the rows orthonormal to rounding even when a direction is close to d.
@@ -63,35 +72,44 @@ def _orthonormalise(first: Tensor, others: Tensor, real: Tensor, floor: float) -
     for j in range(others.shape[1]):
         v = others[:, j]
         for _ in range(2):
-            v = v - sum(_dot(u, v)[:, None] * u for u in basis)
-        norm = v.norm(dim=-1, keepdim=True)
+            v = v - sum(_metric_dot(u, gram, v)[:, None] * u for u in basis)
+        norm = _metric_dot(v, gram, v).clamp(min=0.0).sqrt()[:, None]
         keep = real[:, j : j + 1] & (norm > floor)
         basis.append(torch.where(keep, v / norm.where(norm > 0, 1.0), 0.0))
     return torch.stack(basis, dim=1)
 
 
-def _orient(basis: Tensor, x_cur: Tensor, x_T: Tensor) -> Tensor:
-    """Sign rule (decision 0.4) for u_2..: <u, x_i - x_0> > 0, else <u, x_0> > 0 where that is 0."""
-    progress = _dot(basis[:, 1:], (x_cur - x_T)[:, None])
-    start = _dot(basis[:, 1:], x_T[:, None])
-    sign = torch.where(torch.where(progress == 0, start, progress) < 0, -1.0, 1.0)
-    return torch.cat([basis[:, :1], basis[:, 1:] * sign[..., None]], dim=1)
-
-
-def _basis_chunk(
-    x_cur: Tensor, direction: Tensor, buffer: Sequence[Tensor], x_T: Tensor, k: int, floor: float
+def basis_coefficients(
+    gram: Tensor, progress: Tensor, start: Tensor, k: int, floor: float
 ) -> Tensor:
-    """``build_basis`` for one chunk of flattened float64 rows."""
-    d_norm = direction.norm(dim=-1, keepdim=True)
-    u1 = direction / d_norm.where(d_norm > 0, 1.0)
-    q = min(k - 1, len(buffer) + 1)
+    """The basis as coefficients [n, k, m] over each sample's m rows (the last row is d).
+
+    ``gram`` [n, m, m] holds the rows' inner products, ``progress`` [n, m] their inner products with
+    x_i - x_0 and ``start`` [n, m] those with x_0 (the sign rule's inputs, decision 0.4). Rows the
+    data do not support are zero.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n, m = gram.shape[:2]
+    d_norm = gram[:, -1, -1].clamp(min=0.0).sqrt()
+    first = torch.zeros(n, m, dtype=F64, device=gram.device)
+    first[:, -1] = 1.0 / d_norm.where(d_norm > 0, 1.0)
+    q = min(k - 1, m)
     if q == 0:
-        return u1[:, None]
-    rows = torch.stack([*buffer, direction], dim=1)
-    dirs, real = _principal_directions(rows, q, floor)
-    basis = _orient(_orthonormalise(u1, dirs, real, floor), x_cur, x_T)
-    missing = k - basis.shape[1]
-    return torch.nn.functional.pad(basis, (0, 0, 0, missing)) if missing else basis
+        return first[:, None]
+    others, real = _principal_coefficients(gram, q, floor)
+    coef = _orthonormalise(gram, first, others, real, floor)
+    # Sign rule for u_2..: <u, x_i - x_0> > 0, else <u, x_0> > 0 where the first product is 0.
+    along = (coef[:, 1:] * progress[:, None]).sum(-1)
+    fallback = (coef[:, 1:] * start[:, None]).sum(-1)
+    sign = torch.where(torch.where(along == 0, fallback, along) < 0, -1.0, 1.0)
+    coef = torch.cat([coef[:, :1], coef[:, 1:] * sign[..., None]], dim=1)
+    missing = k - coef.shape[1]
+    return torch.nn.functional.pad(coef, (0, 0, 0, missing)) if missing else coef
+
+
+def _flat64(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).to(F64)
 
 
 def build_basis(
@@ -102,39 +120,124 @@ def build_basis(
     ``buffer`` is the ordered list of earlier vectors (x_T when use_xT, then the directions used),
     each shaped like x_cur. Row j of U is the j-th basis vector of each sample, or zero where the
     data do not support a j-th direction (a principal direction at rounding level, or one that
-    Gram-Schmidt finds dependent on the earlier rows).
+    Gram-Schmidt finds dependent on the earlier rows). This is the stateless form of what
+    ``BasisTracker`` computes step by step.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    batch = x_cur.shape[0]
-    m = len(buffer) + 1
-    floor = relative_floor(x_cur.dtype, m)
-    flat = [t.reshape(batch, -1) for t in (x_cur, direction, x_T, *buffer)]
-    chunk = max(1, _CHUNK_ELEMENTS // (m * flat[0].shape[1]))
-    parts = []
-    for start in range(0, batch, chunk):
-        x, d, xt, *buf = (t[start : start + chunk].to(torch.float64) for t in flat)
-        parts.append(_basis_chunk(x, d, buf, xt, k, floor))
-    return torch.cat(parts).to(x_cur.dtype)
+    rows = torch.stack([_flat64(t) for t in (*buffer, direction)], dim=1)
+    x_T64 = _flat64(x_T)
+    gram = rows @ rows.transpose(1, 2)
+    progress = (rows @ (_flat64(x_cur) - x_T64)[..., None])[..., 0]
+    start = (rows @ x_T64[..., None])[..., 0]
+    floor = relative_floor(x_cur.dtype, rows.shape[1])
+    coef = basis_coefficients(gram, progress, start, k, floor)
+    return materialise(coef, rows, floor).to(x_cur.dtype)
+
+
+def materialise(coef: Tensor, rows: Tensor, floor: float) -> Tensor:
+    """The basis vectors U = coef @ rows [n, k, D] (float64), re-orthonormalised in D-space.
+
+    The coefficients come from inner products of rows of very different sizes (x_T is ~t_0 times
+    larger than a direction), so U's rows are orthonormal only to ~1e-7, and a row can be
+    dependent on the earlier ones in D-space although the Gram matrix did not resolve it (more
+    rows than dimensions, as for 2-D data). Gram-Schmidt on U's own k x k overlap matrix
+    (computed in D-space, so accurate) fixes both: a row left with less than ``floor`` of its
+    length is dropped (zero), the others keep their direction up to rounding and their sign.
+    """
+    basis = coef @ rows
+    overlap = basis @ basis.transpose(1, 2)
+    n, k = overlap.shape[:2]
+    eye = torch.eye(k, dtype=F64, device=overlap.device).expand(n, k, k)
+    # Row j of `mix` holds the coefficients of q_j over U's rows: Q = mix @ U.
+    mix = torch.zeros_like(overlap)
+    for j in range(k):
+        t = eye[:, j]
+        for _ in range(2):
+            along = mix @ (overlap @ t[..., None])  # <q_i, t> for every earlier q_i
+            t = t - (along.transpose(1, 2) @ mix)[:, 0]
+        norm = _metric_dot(t, overlap, t).clamp(min=0.0).sqrt()[:, None]
+        keep = norm > floor * overlap[:, j, j, None].clamp(min=0.0).sqrt()
+        mix[:, j] = torch.where(keep, t / norm.where(keep, 1.0), 0.0)
+    return mix @ basis
 
 
 def n_coords(basis: Tensor) -> int:
     """How many leading coordinates the data support: 1 + the last row non-zero for any sample."""
-    used = basis.abs().amax(dim=(0, 2)) > 0
+    used = basis.abs().amax(dim=tuple(d for d in range(basis.dim()) if d != 1)) > 0
     return int(used.nonzero().max()) + 1 if used.any() else 1
 
 
-def combine(basis: Tensor, coords: Tensor, like: Tensor) -> Tensor:
-    """The corrected direction sum_j c_j u_j, shaped like ``like``.
+class BasisTracker:
+    """The PAS basis of each step of one batch of trajectories (buffer rule 0.1).
 
-    An explicit sum over j (not a matrix product): a sample gets the same result in any batch.
+    Holds float64 copies of the rows ``x_T, used_0, used_1, ...`` of the trajectory batch being
+    solved and their Gram matrix, adding only the rows that are new since the last call. A call
+    for step 0, or with another ``x_T`` tensor, starts a new batch. Steps a caller skips (sampling
+    calls it only at corrected steps) are caught up at the next call.
     """
+
+    def __init__(self, k: int, use_xT: bool):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.use_xT = use_xT
+        self._x_T: Tensor | None = None
+        self._rows = self._gram = torch.empty(0)
+        self._stored: list[Tensor] = []  # the tensor behind each filled slot (identity checks)
+
+    def _start(self, ctx: StepContext) -> None:
+        batch, slots = ctx.x_T.shape[0], ctx.num_steps + 2
+        dim = ctx.x_T[0].numel()
+        self._rows = torch.empty(batch, slots, dim, dtype=F64, device=ctx.x_T.device)
+        self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
+        self._x_T = ctx.x_T
+        self._stored = []
+        self._put(0, ctx.x_T)
+
+    def _put(self, slot: int, row: Tensor) -> None:
+        """Store ``row`` in ``slot`` (dropping later slots) and its inner products with slots 0..slot."""
+        del self._stored[slot:]
+        self._rows[:, slot].copy_(row.reshape(row.shape[0], -1))
+        dots = (self._rows[:, : slot + 1] @ self._rows[:, slot, :, None])[..., 0]
+        self._gram[:, slot, : slot + 1] = dots
+        self._gram[:, : slot + 1, slot] = dots
+        self._stored.append(row)
+
+    def _sync(self, ctx: StepContext) -> int:
+        """Bring the slots up to [x_T, *ctx.used, ctx.direction]; the slot count."""
+        if ctx.index == 0 or ctx.x_T is not self._x_T or ctx.num_steps + 2 != self._rows.shape[1]:
+            self._start(ctx)
+        for slot, row in enumerate((*ctx.used, ctx.direction), start=1):
+            if slot >= len(self._stored) or self._stored[slot] is not row:
+                self._put(slot, row)
+        return len(ctx.used) + 2
+
+    def coefficients(self, ctx: StepContext) -> tuple[Tensor, Tensor, float]:
+        """(coefficients [B, k, m], rows [B, m, D], noise floor) of step ``ctx``'s basis, the
+        tensors float64."""
+        count = self._sync(ctx)
+        first = 0 if self.use_xT else 1
+        rows = self._rows[:, first:count]
+        gram = self._gram[:, first:count, first:count]
+        shift = _flat64(ctx.x_cur) - self._rows[:, 0]
+        progress = (rows @ shift[..., None])[..., 0]
+        start = self._gram[:, first:count, 0]
+        floor = relative_floor(ctx.x_cur.dtype, count - first)
+        return basis_coefficients(gram, progress, start, self.k, floor), rows, floor
+
+    def basis(self, ctx: StepContext) -> Tensor:
+        """U [B, k, D] of step ``ctx``, float64."""
+        return materialise(*self.coefficients(ctx))
+
+    def corrected(self, ctx: StepContext, coords: Tensor) -> Tensor:
+        """The corrected direction sum_j c_j u_j of step ``ctx``, shaped like ``ctx.direction``.
+
+        ``coords`` may be shorter than k: the first len(coords) basis vectors are used.
+        """
+        return combine(self.basis(ctx), coords, ctx.direction)
+
+
+def combine(basis: Tensor, coords: Tensor, like: Tensor) -> Tensor:
+    """sum_j c_j u_j over the first len(coords) rows of ``basis`` [B, k, D], shaped like ``like``."""
     q = coords.shape[0]
-    out = (basis[:, :q] * coords.to(basis)[None, :, None]).sum(dim=1)
-    return out.reshape(like.shape).to(like.dtype)
-
-
-def step_basis(ctx: StepContext, k: int, use_xT: bool) -> Tensor:
-    """The basis of a solver step; buffer = [x_T if use_xT, then the directions used] (0.1)."""
-    buffer = [ctx.x_T, *ctx.used] if use_xT else list(ctx.used)
-    return build_basis(ctx.x_cur, ctx.direction, buffer, ctx.x_T, k)
+    mixed = (coords.to(basis)[None, None, :] @ basis[:, :q])[:, 0]
+    return mixed.reshape(like.shape).to(like.dtype)
