@@ -1,22 +1,47 @@
 """Fitting the shared coordinates of one step (pas-spec §4-§6, decisions 0.5 and 0.6).
 
 Every sample s moves to ``x_s + dt * sum_j c_j u_{s,j}``; the coordinates c are shared by all
-samples and chosen so that this matches the teacher's state. L2 is linear least squares in c and is
-solved exactly; L1 and pseudo-Huber use full-batch Adam from the reference start (§4.1).
+samples and chosen so that this matches the teacher's state. All three losses are convex in the
+q <= 4 coordinates, and the default (``optimizer="exact"``) finds their minimiser:
+
+* L2 is linear least squares: closed form.
+* pseudo-Huber depends on each sample's residual only through its norm, and with orthonormal
+  basis rows that norm is a quadratic in c with per-sample q x q data, so one pass over the data
+  reduces the problem to S tiny quadratics, then minimised by damped Newton.
+* L1 is minimised by iteratively reweighted least squares with a backtracking line search on the
+  true loss (each iteration two passes over the data), first on a fixed subsample of the residuals
+  and then polished on all of them, so only a few full passes are needed.
+
+``optimizer="adam"`` is the reference's full-batch Adam from the reference start (§4.1, §5), kept
+for paper parity.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 LOSSES = ("L1", "L2", "pseudo_huber")
+OPTIMIZERS = ("exact", "adam")
 PSEUDO_HUBER_C = 0.03
 # Early stopping: the last `early_stop` epoch losses may differ by at most this much (pas-spec 5.4).
 FLAT_TOLERANCE = 1e-5
+# Exact optimisers stop when an iteration lowers the loss by less than this fraction of it.
+RELATIVE_TOLERANCE = 1e-10
+MAX_ITERATIONS = 100
+# L1: the rough fit sees about this many residuals (a fixed stride through all of them)...
+SUBSAMPLE = 1 << 16
+# ...the close fit keeps this fraction of them, those nearest zero, and the exact linear programme
+# about this many (see l1_coords).
+NEAR_FRACTION = 0.05
+LP_POINTS = 200
+F64 = torch.float64
 
 
 def loss_name(name: str) -> str:
@@ -39,6 +64,18 @@ def loss_value(name: str, residual: Tensor) -> Tensor:
     raise ValueError(f"unknown PAS loss {name!r}; valid: {', '.join(LOSSES)}")
 
 
+def per_sample_loss(name: str, residual: Tensor) -> Tensor:
+    """Each sample's loss [S] for residuals [S, ...]; ``loss_value`` is their mean."""
+    flat = residual.reshape(len(residual), -1)
+    if name == "L1":
+        return flat.abs().mean(dim=1)
+    if name == "L2":
+        return flat.square().mean(dim=1)
+    if name == "pseudo_huber":
+        return torch.sqrt(flat.square().mean(dim=1) + PSEUDO_HUBER_C**2) - PSEUDO_HUBER_C
+    raise ValueError(f"unknown PAS loss {name!r}; valid: {', '.join(LOSSES)}")
+
+
 def accept(loss_before: float, loss_after: float, tau: float) -> bool:
     """The reference's acceptance rule (pas-spec 6.2): keep a step iff it gains more than tau."""
     return loss_after < loss_before - tau
@@ -54,9 +91,10 @@ def is_flat(history: list[float], window: int) -> bool:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """How the coordinates of one step are optimised."""
+    """How the coordinates of one step are optimised (lr, epochs, early_stop: Adam only)."""
 
     loss: str = "L1"
+    optimizer: str = "exact"
     lr: float = 0.01
     epochs: int = 1000
     early_stop: int = 10
@@ -65,19 +103,19 @@ class FitSettings:
 def least_squares_coords(offset: Tensor, basis: Tensor, dt: float) -> Tensor:
     """The exact L2 minimiser of mean ||offset + dt * sum_j c_j u_j||^2 over shared c.
 
-    offset [S, D] is x - target, basis [S, q, D]. The normal equations are
+    offset [S, D] is x - target, basis [q, S, D] (coordinate-major). The normal equations are
     (sum_s U_s U_s^T) c = -(sum_s U_s offset_s) / dt, solved in float64 (least-squares solve, so a
     coordinate no sample uses gets 0 instead of a singular system).
     """
-    u = basis.to(torch.float64)
-    gram = torch.einsum("sid,sjd->ij", u, u)
-    rhs = -torch.einsum("sid,sd->i", u, offset.to(torch.float64)) / dt
+    flat = basis.reshape(basis.shape[0], -1)
+    gram = (flat @ flat.T).to(F64)
+    rhs = -(flat @ offset.reshape(-1)).to(F64) / dt
     coords = torch.linalg.lstsq(gram.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0]
     return coords.to(device=basis.device, dtype=basis.dtype)
 
 
 class Objective:
-    """L1 or pseudo-Huber loss of the shared coordinates c, and its gradient in c.
+    """L1 or pseudo-Huber loss of the shared coordinates c, and its gradient in c (for Adam).
 
     The gradient is written out instead of taken by autograd: each epoch is then three passes over
     preallocated buffers (prediction, elementwise derivative, projection onto the basis). Autograd
@@ -89,9 +127,8 @@ class Objective:
         if name not in ("L1", "pseudo_huber"):
             raise ValueError(f"no gradient-based fit for loss {name!r}")
         self.name = name
-        self.samples, q, self.dim = basis.shape
-        # Coordinate-major layout: the prediction is one matrix-vector product per epoch.
-        self.flat_basis = basis.transpose(0, 1).reshape(q, -1)
+        q, self.samples, self.dim = basis.shape
+        self.flat_basis = basis.reshape(q, -1)
         self.offset = offset.reshape(-1)
         self.dt = dt
         self.residual = torch.empty_like(self.offset)
@@ -104,7 +141,6 @@ class Objective:
         if self.name == "L1":
             value = torch.abs(r, out=w).mean()
             torch.sign(r, out=w)
-            scale = 1.0 / r.numel()
         else:
             c = PSEUDO_HUBER_C
             per_sample = torch.mul(r, r, out=w).view(self.samples, self.dim).mean(dim=1)
@@ -113,8 +149,7 @@ class Objective:
             torch.div(
                 r.view(self.samples, self.dim), root[:, None], out=w.view(self.samples, self.dim)
             )
-            scale = 1.0 / r.numel()
-        return value, (self.dt * scale) * (self.flat_basis @ w)
+        return value, (self.dt / r.numel()) * (self.flat_basis @ w)
 
 
 def adam_coords(
@@ -137,10 +172,254 @@ def adam_coords(
     return coords, len(history)
 
 
+def _improved(old: float, new: float) -> bool:
+    return new < old - RELATIVE_TOLERANCE * abs(old)
+
+
+def _solve_small(matrix: Tensor, vector: Tensor) -> Tensor:
+    """Least-squares solution of matrix @ x = vector (q x q, float64 on the CPU)."""
+    solved = torch.linalg.lstsq(matrix.cpu().to(F64), vector.cpu().to(F64)[:, None], driver="gelsd")
+    return solved.solution[:, 0]
+
+
+def _huber(r: Tensor, delta: float) -> float:
+    a = r.abs()
+    return float(torch.where(a < delta, a * a / (2 * delta), a - delta / 2).sum(dtype=F64))
+
+
+def _huber_newton(
+    design: Tensor, offset: Tensor, linear: Tensor, coords: Tensor, delta: float, radius: float
+) -> Tensor:
+    """Minimise sum_n huber_delta(o_n + a_n . c) + linear . c over ||c|| <= radius, from coords.
+
+    The objective is piecewise quadratic: Newton steps (curvature from the residuals inside
+    (-delta, delta)) land on its minimiser once that set settles. Where too few residuals are
+    inside for Newton's system to pin c down, or its step does not descend, the step minimises the
+    objective's quadratic majoriser instead (weights 1 / max(|r_n|, delta), reweighted least
+    squares). Backtracking keeps every step a descent step; the loop stops when a step lowers the
+    objective by less than RELATIVE_TOLERANCE.
+    """
+    lin = linear.to(F64)
+    c = coords.to(F64)
+
+    def value(at: Tensor) -> tuple[float, Tensor]:
+        r = torch.addmv(offset, design.T, at.to(design))
+        return _huber(r, delta) + float(lin @ at), r
+
+    def search(step: Tensor, current: float, halvings: int):
+        for _ in range(halvings):
+            trial = c + step
+            length = float(trial.norm())
+            if length > radius:
+                trial = trial * (radius / length)
+            new, new_r = value(trial)
+            if new <= current:
+                return trial, new, new_r
+            step = step / 2
+        return None
+
+    current, r = value(c)
+    for _ in range(MAX_ITERATIONS):
+        inside = r.abs() < delta
+        grad = (design @ torch.where(inside, r / delta, r.sign())).to(F64) + lin
+        found = None
+        if int(inside.sum()) >= 2 * design.shape[0]:
+            kept = design[:, inside]
+            found = search(-_solve_small((kept @ kept.T).to(F64) / delta, grad), current, 4)
+        if found is None:
+            weights = r.abs().clamp_(min=delta).reciprocal_()
+            majoriser = ((design * weights) @ design.T).to(F64)
+            found = search(-_solve_small(majoriser, grad), current, 40)
+        if found is None:
+            break
+        improved = _improved(current, found[1])
+        c, current, r = found
+        if not improved:
+            break
+    return c
+
+
+def _column_lengths(design: Tensor) -> Tensor:
+    # An outer sum: a strided norm over dim 0 is many times slower.
+    return (design * design).sum(dim=0).sqrt_().clamp_(min=torch.finfo(F64).tiny)
+
+
+def _lp_step(design: Tensor, offset: Tensor, linear: Tensor, half_width: float) -> Tensor:
+    """The exact minimiser of sum_n |o_n + a_n . d| + linear . d over the box |d_j| <= half_width,
+    as a linear programme (HiGHS): min sum t + linear . d with -t <= o + A^T d <= t."""
+    import scipy.optimize
+    import scipy.sparse
+
+    a = scipy.sparse.csr_matrix(design.T.cpu().to(F64).numpy())
+    o = offset.cpu().to(F64).numpy()
+    n, q = a.shape
+    eye = scipy.sparse.identity(n, format="csr")
+    result = scipy.optimize.linprog(
+        np.concatenate([linear.cpu().numpy(), np.ones(n)]),
+        A_ub=scipy.sparse.vstack([scipy.sparse.hstack([a, -eye]), scipy.sparse.hstack([-a, -eye])]),
+        b_ub=np.concatenate([-o, o]),
+        bounds=[(-half_width, half_width)] * q + [(0, None)] * n,
+        method="highs",
+    )
+    if result.status != 0:
+        raise RuntimeError(f"PAS L1 fit: the linear programme failed ({result.message})")
+    return torch.from_numpy(result.x[:q]).to(linear)
+
+
+class _L1Problem:
+    """sum_n |o_n + a_n . c| + linear . c over residual elements n, with a = dt * u
+    (coordinate-major [q, N]); ``linear`` carries the terms of residuals left out as sign-fixed."""
+
+    def __init__(self, design: Tensor, offset: Tensor, linear: Tensor | None = None):
+        self.design = design
+        self.offset = offset
+        q = design.shape[0]
+        self.linear = torch.zeros(q, dtype=F64, device=design.device) if linear is None else linear
+        self._lengths: Tensor | None = None
+
+    @property
+    def lengths(self) -> Tensor:
+        """|a_n| for every residual (computed once)."""
+        if self._lengths is None:
+            self._lengths = _column_lengths(self.design)
+        return self._lengths
+
+    def subsample(self, count: int) -> _L1Problem:
+        stride = max(1, self.offset.numel() // count)
+        if stride == 1:
+            return self
+        return _L1Problem(self.design[:, ::stride].contiguous(), self.offset[::stride].contiguous())
+
+    def residual(self, coords: Tensor) -> Tensor:
+        return torch.addmv(self.offset, self.design.T, coords.to(self.design))
+
+    def huber(self, coords: Tensor, factors: Sequence[float], radius: float = math.inf) -> Tensor:
+        """Huber continuation from ``coords``: delta = factor x the mean |residual| there, for each
+        factor; the result stays within ``radius`` of the origin."""
+        scale = max(float(self.residual(coords).abs().mean()), torch.finfo(F64).tiny)
+        coords = coords.to(F64)
+        for factor in factors:
+            coords = _huber_newton(
+                self.design, self.offset, self.linear, coords, factor * scale, radius
+            )
+        return coords
+
+    def near(self, coords: Tensor, count: int, limit: float = math.inf) -> tuple[_L1Problem, float]:
+        """The problem in the step d from ``coords``, keeping as they are only the about ``count``
+        residuals nearest zero; the radius rho (at most ``limit``) within which that is exact.
+
+        Within ||d|| <= rho a residual with |r_n| > |a_n| rho keeps its sign, so its term is
+        linear in d and joins ``linear``.
+        """
+        r = self.residual(coords)
+        ratio = r.abs().div_(self.lengths)
+        if count >= r.numel():
+            return _L1Problem(self.design, r, self.linear.clone()), limit
+        # The radius that keeps about `count` residuals, estimated on a stride through them.
+        stride = max(1, r.numel() // SUBSAMPLE)
+        sample = ratio[::stride]
+        rank = max(1, min(sample.numel(), count // stride))
+        radius = min(limit, float(sample.kthvalue(rank).values))
+        keep = ratio <= radius
+        linear = self.linear + (self.design @ torch.where(keep, 0.0, r.sign())).to(F64)
+        return _L1Problem(self.design[:, keep], r[keep], linear), radius
+
+
+def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:
+    """The minimiser of mean |offset + dt * sum_j c_j u_j|.
+
+    Three stages, each on fewer residuals: Huber continuation on a fixed stride through the
+    residuals (rough); Huber on the residuals nearest zero within a ball where the rest keep their
+    signs and so enter as linear terms (close); a linear programme on the LP_POINTS residuals
+    nearest zero within a box inside that ball (exact). A close step on the ball's edge walks on
+    and looks again; an LP solution on the box's edge retries with more points; one inside the box
+    is the minimiser (convexity).
+    """
+    design = dt * basis.reshape(basis.shape[0], -1)
+    q = design.shape[0]
+    # Whitened coordinates w = L^T c (L L^T = the design's Gram matrix, from the stride): a ball
+    # in w is a region of equal loss curvature in every direction, so the radii below fit.
+    stride = max(1, design.shape[1] // SUBSAMPLE)
+    sample = design[:, ::stride].to(F64)
+    gram = sample @ sample.T
+    factor = torch.linalg.cholesky(gram + 1e-12 * gram.diagonal().max() * torch.eye(q, dtype=F64))
+    unwhiten = torch.linalg.inv(factor).T.to(design)  # c = unwhiten @ w
+    full = _L1Problem(unwhiten.T @ design, offset.reshape(-1))
+    coords = full.subsample(SUBSAMPLE).huber(factor.T.to(design) @ start.to(design), (1.0, 1e-1, 1e-2))
+    count = int(NEAR_FRACTION * full.offset.numel())
+    zero = torch.zeros(q, dtype=F64, device=coords.device)
+    for _ in range(MAX_ITERATIONS):
+        close, radius = full.near(coords, count)
+        step = close.huber(zero, (1e-2, 1e-4), radius)
+        room = radius - float(step.norm())
+        points = LP_POINTS
+        # A step on the ball's edge: the minimiser lies further on; walk there and look again.
+        while room > 1e-6 * radius:
+            small, reach = close.near(step, points, limit=room)
+            half_width = reach / math.sqrt(q)
+            exact = _lp_step(small.design, small.offset, small.linear, half_width)
+            if float(exact.abs().max()) < (1 - 1e-6) * half_width:
+                return (unwhiten.to(F64) @ (coords + step + exact)).to(start)
+            if reach >= room:
+                break
+            points *= 4
+        coords = coords + step
+    return (unwhiten.to(F64) @ coords).to(start)
+
+
+def pseudo_huber_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:
+    """The minimiser of the pseudo-Huber loss, by damped Newton on per-sample quadratics.
+
+    |r_s|^2 = |o_s|^2 + 2 dt c . (U_s o_s) + dt^2 c^T (U_s U_s^T) c, so after one pass over the
+    data the loss is a function of S small quadratics in c.
+    """
+    _samples, dim = offset.shape
+    sq = offset.square().sum(dim=1).to(F64)
+    proj = torch.einsum("qsd,sd->sq", basis, offset).to(F64) * dt
+    inner = torch.einsum("qsd,psd->sqp", basis, basis).to(F64) * dt**2
+    c0 = PSEUDO_HUBER_C
+
+    def evaluate(c: Tensor) -> tuple[float, Tensor, Tensor]:
+        mc = inner @ c
+        norm2 = (sq + 2 * proj @ c + mc @ c).clamp(min=0.0) / dim
+        root = (norm2 + c0**2).sqrt()
+        grad_n2 = 2 * (proj + mc) / dim  # d norm2 / dc, [S, q]
+        grad = (grad_n2 / (2 * root[:, None])).mean(0)
+        hess = (
+            inner / (dim * root[:, None, None])
+            - grad_n2[:, :, None] * grad_n2[:, None, :] / (4 * root[:, None, None] ** 3)
+        ).mean(0)
+        return float((root - c0).mean()), grad, hess
+
+    coords = start.to(F64)
+    current, grad, hess = evaluate(coords)
+    for _ in range(MAX_ITERATIONS):
+        step = -torch.linalg.lstsq(hess, grad[:, None], driver="gelsd").solution[:, 0]
+        for _ in range(30):
+            value, new_grad, new_hess = evaluate(coords + step)
+            if value < current:
+                break
+            step = step / 2
+        if not value < current:
+            break
+        coords, improved = coords + step, _improved(current, value)
+        current, grad, hess = value, new_grad, new_hess
+        if not improved:
+            break
+    return coords.to(start)
+
+
 def fit_coords(
     offset: Tensor, basis: Tensor, dt: float, start: Tensor, settings: FitSettings
 ) -> tuple[Tensor, int]:
-    """The fitted coordinates of one step and the epochs spent (0 for the closed-form L2)."""
+    """The fitted coordinates of one step and the Adam epochs spent (0 for the exact fits).
+
+    offset [S, D] is x - target, basis [q, S, D] (coordinate-major), start the reference start.
+    """
     if settings.loss == "L2":
         return least_squares_coords(offset, basis, dt), 0
-    return adam_coords(offset, basis, dt, start, settings)
+    if settings.optimizer == "adam":
+        return adam_coords(offset, basis, dt, start, settings)
+    if settings.loss == "L1":
+        return l1_coords(offset, basis, dt, start), 0
+    return pseudo_huber_coords(offset, basis, dt, start), 0
