@@ -1,29 +1,44 @@
-"""Teacher trajectories (pas-spec §2, decision 0.8): Heun on the student's own schedule with M
-points inserted in every student interval, keeping only the states at the student's points.
+"""Teacher trajectories (pas-spec §2, decision 0.8), shared by every fit that can use them.
 
-The result is cached on disk under a hash of everything that determines it, so every solver that
-shares the schedule and NFE reuses it and a second fit makes no teacher denoiser calls.
+A fit's own teacher is Heun on the student's schedule with M points inserted in every student
+interval (pas-spec 2.1). Several fits (other NFEs, schedules, solvers) on the same model and seeds
+share one teacher solve: its grid holds every time any of them needs, and no teacher step is longer
+than the step any one fit's own teacher grid takes at that time, so no fit gets a coarser teacher.
+The grid is chosen from the points of the fits' own grids, greedily taking the longest step that
+keeps that promise; for a single fit it is exactly that fit's own grid.
+
+Only the states at the needed times are kept, in a memory-mapped file in the cache, written batch
+by batch. A later request reuses a stored solve whose times include all it needs and whose steps
+are nowhere longer than its own grid's; otherwise it solves once more.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 import solvers
-from pas.cache import config_hash, load_tensors, save_tensors
+from pas.cache import config_hash
 
 TEACHERS = ("heun",)
 TEACHER_SEED_START = 10_000_000
 """Teacher seeds start here so that they never overlap the evaluation seeds 0..N-1."""
+# Two times closer than this (relative) are the same time (schedules pin their endpoints, but
+# two formulas may round the same time differently in the last bit).
+SAME_TIME = 1e-12
+FORMAT_VERSION = 2
 
 
 def inserted_points(steps: int, teacher_nfe: int) -> int:
@@ -65,19 +80,121 @@ def teacher_grid(
     return fine
 
 
-@dataclass
-class TeacherTrajectories:
-    """Teacher states at the student's points, [N+1, S, *shape] (CPU), and how they were made.
+@dataclass(frozen=True)
+class TeacherRequest:
+    """One fit's need: its student times, and the grid its own teacher would take."""
 
-    ``seconds`` is the time this call took (a cache read when ``cached``); ``generation_seconds``
-    is what running the teacher cost when the entry was made.
+    times: Tensor
+    fine: Tensor
+
+    @classmethod
+    def for_student(
+        cls,
+        denoiser,
+        times: Tensor,
+        schedule: str | None,
+        rho: float,
+        teacher_nfe: int,
+    ) -> TeacherRequest:
+        """The request of a student on ``times`` (``schedule`` None for explicit times)."""
+        times = times.to(torch.float64).cpu()
+        fine = teacher_grid(
+            times,
+            inserted_points(len(times) - 1, teacher_nfe),
+            schedule,
+            (float(denoiser.sigma_min), float(denoiser.sigma_max)),
+            rho=rho,
+            alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
+        )
+        return cls(times, fine)
+
+
+def _distinct_descending(values: np.ndarray) -> np.ndarray:
+    """Sorted from large to small, with times within SAME_TIME of a kept one dropped."""
+    ordered = np.sort(values)[::-1]
+    kept = [ordered[0]]
+    for value in ordered[1:]:
+        if value < kept[-1] * (1 - SAME_TIME):
+            kept.append(value)
+    return np.array(kept)
+
+
+def _step_allowed(high: float, low: float, fines: Sequence[np.ndarray]) -> bool:
+    """True when no interval of any fit's own grid that meets (low, high) is shorter than it."""
+    length = (high - low) * (1 - SAME_TIME)
+    for fine in fines:
+        meets = (fine[:-1] > low) & (fine[1:] < high)
+        if (fine[:-1][meets] - fine[1:][meets] < length).any():
+            return False
+    return True
+
+
+def shared_grid(requests: Sequence[TeacherRequest]) -> Tensor:
+    """The teacher grid for all ``requests``: every needed time, no step longer than a request's
+    own grid takes there, chosen greedily (longest allowed step) from the requests' grid points."""
+    fines = [r.fine.numpy() for r in requests]
+    points = _distinct_descending(np.concatenate(fines))
+    needed = _distinct_descending(np.concatenate([r.times.numpy() for r in requests]))
+    must = np.isclose(points[:, None], needed[None], rtol=SAME_TIME, atol=0.0).any(axis=1)
+    chosen = [0]
+    while chosen[-1] < len(points) - 1:
+        here, reach = chosen[-1], chosen[-1] + 1
+        while (
+            reach + 1 < len(points)
+            and not must[reach]
+            and _step_allowed(points[here], points[reach + 1], fines)
+        ):
+            reach += 1
+        chosen.append(reach)
+    return torch.from_numpy(points[chosen].copy())
+
+
+def _match(wanted: Tensor, stored: Tensor) -> list[int] | None:
+    """Index in ``stored`` of each wanted time (within SAME_TIME), or None if one is missing."""
+    close = torch.isclose(wanted[:, None], stored[None], rtol=SAME_TIME, atol=0.0)
+    if not close.any(dim=1).all():
+        return None
+    return close.to(torch.int8).argmax(dim=1).tolist()
+
+
+def _covers(grid: Tensor, stored: Tensor, request: TeacherRequest) -> bool:
+    """A stored solve serves a request when it kept the request's times and its grid steps are
+    nowhere longer than the request's own grid's."""
+    if _match(request.times, stored) is None:
+        return False
+    fine = [request.fine.numpy()]
+    return all(_step_allowed(hi, lo, fine) for hi, lo in zip(grid[:-1].tolist(), grid[1:].tolist()))
+
+
+@dataclass
+class TeacherStates:
+    """A stored teacher solve: states at ``times`` for the first ``count`` of its seeds (all the
+    request asked for), memory-mapped from disk.
+
+    ``seconds`` is the time the request took (a cache lookup when ``cached``);
+    ``generation_seconds`` what the solve cost when it was made.
     """
 
-    states: Tensor
-    config: dict[str, Any]
+    folder: Path
+    grid: Tensor
+    times: Tensor
+    count: int
     seconds: float
     generation_seconds: float
     cached: bool
+
+    @property
+    def nfe(self) -> int:
+        """Denoiser calls per trajectory of the solve (Heun: 2 per step)."""
+        return 2 * (len(self.grid) - 1)
+
+    def states(self, times: Tensor, seeds: slice = slice(None)) -> Tensor:
+        """The states at ``times`` (each must be stored) of the seeds in ``seeds``: [T, S, ...]."""
+        index = _match(times.to(torch.float64).cpu(), self.times)
+        if index is None:
+            raise ValueError("the teacher solve does not hold the requested times")
+        stored = np.load(self.folder / "states.npy", mmap_mode="r")[:, : self.count]
+        return torch.from_numpy(np.ascontiguousarray(stored[index, seeds]))
 
 
 def seed_range(seeds: Sequence[int]) -> list[int] | None:
@@ -93,21 +210,85 @@ def _seed_key(seeds: Sequence[int]) -> Any:
     return {"range": span} if span else {"sha256": config_hash({"seeds": [int(s) for s in seeds]})}
 
 
-def _run_teacher(
+def _identity(denoiser, seeds: Sequence[int], teacher: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Everything besides the grid and the seeds' count that determines the teacher's states."""
+    span = seed_range(seeds)
+    return {
+        "kind": "pas-teacher",
+        "version": FORMAT_VERSION,
+        "model": denoiser.name,
+        "sigma_min": float(denoiser.sigma_min),
+        "sigma_max": float(denoiser.sigma_max),
+        "teacher": teacher,
+        # A range of seeds is served by any stored range with the same start that is as long.
+        "seeds": {"start": span[0]} if span else _seed_key(seeds),
+        "dtype": str(dtype).removeprefix("torch."),
+        "label_dim": int(denoiser.label_dim),
+    }
+
+
+def _open(folder: Path, identity: dict[str, Any], count: int):
+    """(config, grid) of a complete stored solve of ``identity`` with at least ``count`` seeds."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (
+        config.get("identity") != identity
+        or config.get("count", -1) < count
+        or not (folder / "states.npy").is_file()
+    ):
+        return None
+    return config, torch.tensor(config["grid"], dtype=torch.float64)
+
+
+def _find(root: Path, identity: dict[str, Any], count: int, requests: Sequence[TeacherRequest]):
+    """A stored solve that serves every request: (folder, config, grid), or None."""
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    for folder in (f for f in folders if not f.name.startswith(".")):
+        opened = _open(folder, identity, count)
+        if opened and all(
+            _covers(opened[1], torch.tensor(opened[0]["times"], dtype=torch.float64), r)
+            for r in requests
+        ):
+            return folder, *opened
+    return None
+
+
+def stored_teacher(
     denoiser,
-    fine: Tensor,
-    stride: int,
+    requests: Sequence[TeacherRequest],
+    *,
     seeds: Sequence[int],
-    dtype,
+    teacher: str = "heun",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | Path,
+) -> Path | None:
+    """The folder of a stored solve that serves every request, or None (nothing is solved)."""
+    identity = _identity(denoiser, seeds, teacher, dtype)
+    root = Path(cache_dir) / "teacher" / config_hash(identity)
+    found = _find(root, identity, len(seeds), requests)
+    return found[0] if found else None
+
+
+def _solve(
+    denoiser,
+    grid: Tensor,
+    keep: list[int],
+    seeds: Sequence[int],
+    dtype: torch.dtype,
     device,
     batch_size: int,
     progress: bool,
-) -> Tensor:
-    states = []
-    chunks = [list(seeds[i : i + batch_size]) for i in range(0, len(seeds), batch_size)]
-    nfe = 2 * (len(fine) - 1)
-    bar = tqdm(chunks, desc="PAS teacher", unit="batch", disable=None if progress else True)
-    for chunk in bar:
+    path: Path,
+) -> None:
+    """Run Heun over ``grid`` batch by batch, writing the states at ``keep`` into ``path``."""
+    shape = (len(keep), len(seeds), *denoiser.shape)
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+    starts = range(0, len(seeds), batch_size)
+    for start in tqdm(starts, desc="PAS teacher", unit="batch", disable=None if progress else True):
+        chunk = list(seeds[start : start + batch_size])
         latents, onehot = solvers.latents_for_seeds(
             chunk, denoiser.shape, dtype=dtype, device=device, label_dim=denoiser.label_dim
         )
@@ -115,64 +296,83 @@ def _run_teacher(
             denoiser,
             latents,
             "heun",
-            nfe,
-            schedule=fine,
+            2 * (len(grid) - 1),
+            schedule=grid,
             class_labels=onehot,
             return_trajectory=True,
         )
-        states.append(trajectory[::stride].cpu())
-    return torch.cat(states, dim=1)
+        out[:, start : start + len(chunk)] = trajectory[keep].cpu().numpy()
+    out.flush()
+    del out
 
 
-def teacher_trajectories(
+def teacher_states(
     denoiser,
-    times: Tensor,
+    requests: Sequence[TeacherRequest],
     *,
-    schedule: str | None,
-    rho: float,
     seeds: Sequence[int],
     teacher: str = "heun",
-    teacher_nfe: int = 100,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     cache_dir: str | Path,
     progress: bool = True,
-) -> TeacherTrajectories:
-    """The teacher's states at ``times`` for each seed, from the cache when present."""
+) -> TeacherStates:
+    """The teacher's states at every time of ``requests`` for ``seeds``: from a stored solve that
+    serves them all, else from one new solve on their shared grid (then stored)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown PAS teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
-    steps = len(times) - 1
-    inserted = inserted_points(steps, teacher_nfe)
-    config = {
-        "kind": "pas-teacher",
-        "version": 1,
-        "model": denoiser.name,
-        "sigma_min": float(denoiser.sigma_min),
-        "sigma_max": float(denoiser.sigma_max),
-        "schedule": schedule,
-        "rho": float(rho),
-        "times": [float(t) for t in times.to(torch.float64)],
-        "steps": steps,
-        "teacher": teacher,
-        "teacher_nfe": int(teacher_nfe),
-        "inserted": inserted,
-        "seeds": _seed_key(seeds),
-        "dtype": str(dtype).removeprefix("torch."),
-        "label_dim": int(denoiser.label_dim),
-    }
-    path = Path(cache_dir) / "teacher" / f"{config_hash(config)}.pt"
-    start = time.perf_counter()
-    stored = load_tensors(path)
-    if stored is not None and stored.get("config") == config:
-        elapsed = time.perf_counter() - start
-        return TeacherTrajectories(
-            stored["states"], config, elapsed, stored["seconds"], cached=True
+    identity = _identity(denoiser, seeds, teacher, dtype)
+    root = Path(cache_dir) / "teacher" / config_hash(identity)
+    began = time.perf_counter()
+    found = _find(root, identity, len(seeds), requests)
+    cached = found is not None
+    if found is None:
+        found = _solve_and_store(
+            denoiser, requests, root, identity, seeds, dtype, device, batch_size, progress
         )
-    alphas = getattr(denoiser, "alphas_cumprod", None)
-    sigma_range = (float(denoiser.sigma_min), float(denoiser.sigma_max))
-    fine = teacher_grid(times, inserted, schedule, sigma_range, rho=rho, alphas_cumprod=alphas)
-    states = _run_teacher(denoiser, fine, inserted + 1, seeds, dtype, device, batch_size, progress)
-    seconds = time.perf_counter() - start
-    save_tensors({"config": config, "states": states, "seconds": seconds}, path)
-    return TeacherTrajectories(states, config, seconds, seconds, cached=False)
+    folder, config, grid = found
+    return TeacherStates(
+        folder=folder,
+        grid=grid,
+        times=torch.tensor(config["times"], dtype=torch.float64),
+        count=len(seeds),
+        seconds=time.perf_counter() - began,
+        generation_seconds=config["seconds"],
+        cached=cached,
+    )
+
+
+def _solve_and_store(
+    denoiser,
+    requests: Sequence[TeacherRequest],
+    root: Path,
+    identity: dict[str, Any],
+    seeds: Sequence[int],
+    dtype: torch.dtype,
+    device,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Path, dict[str, Any], Tensor]:
+    """Solve on the requests' shared grid into a new folder under ``root`` (renamed into place
+    when complete, so a reader never sees a partial solve)."""
+    began = time.perf_counter()
+    grid = shared_grid(requests)
+    needed = torch.from_numpy(
+        _distinct_descending(np.concatenate([r.times.numpy() for r in requests])).copy()
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=".solving-"))
+    try:
+        _solve(denoiser, grid, _match(needed, grid), seeds, dtype, device, batch_size, progress,
+               work / "states.npy")
+        config = {"identity": identity, "count": len(seeds), "grid": grid.tolist(),
+                  "times": needed.tolist(), "seconds": time.perf_counter() - began}
+        (work / "config.json").write_text(json.dumps(config))
+        folder = root / config_hash({k: config[k] for k in ("count", "grid", "times")})
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return folder, config, grid
