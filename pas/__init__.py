@@ -4,8 +4,21 @@
 to ``solvers.sample(..., correction=...)`` to sample with it. See pas-spec.md.
 """
 
-from pas.adaptive import fit
+from pas.adaptive import fit, student_request, teacher_seeds
 from pas.artifact import PASArtifact, PASCorrection, StepSearch
 from pas.cache import default_cache_dir
+from pas.teacher import TeacherRequest, shared_grid, stored_teacher, teacher_states
 
-__all__ = ["PASArtifact", "PASCorrection", "StepSearch", "default_cache_dir", "fit"]
+__all__ = [
+    "PASArtifact",
+    "PASCorrection",
+    "StepSearch",
+    "TeacherRequest",
+    "default_cache_dir",
+    "fit",
+    "shared_grid",
+    "stored_teacher",
+    "student_request",
+    "teacher_seeds",
+    "teacher_states",
+]

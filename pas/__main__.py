@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from pas.adaptive import fit
 from pas.artifact import PASArtifact
-from pas.search import LOSSES
+from pas.search import LOSSES, OPTIMIZERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,9 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--teacher-nfe", type=int, default=100, help="Heun teacher evaluations (default 100)")
     f.add_argument("--k", type=int, default=4, help="basis size (coordinates per step)")
     f.add_argument("--loss", default="L1", help=", ".join(LOSSES))
+    f.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="exact",
+        help="exact: the loss's minimiser (default); adam: the reference's loop, for paper parity",
+    )
     f.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
     f.add_argument("--epochs", type=int, default=1000, help="most Adam epochs per step (default 1000)")
-    f.add_argument("--early-stop", type=int, default=10, help="stop after this many flat epochs (default 10)")
+    f.add_argument("--early-stop", type=int, default=10, help="Adam: stop after this many flat epochs (default 10)")
+    f.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="keep every step the search accepts (the reference's behaviour) instead of gating "
+        "them on held-out seeds",
+    )
+    f.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="held-out seeds for the gate, as a fraction of --trajectories (default 0.1, at least 100)",
+    )
     f.add_argument("--tau-first", type=float, default=1e-4, help="loss drop needed to accept the first step")
     f.add_argument("--tau", type=float, default=1e-4, help="loss drop needed to accept later steps")
     f.add_argument(
@@ -103,11 +122,14 @@ def _fit(args: argparse.Namespace) -> int:
         k=args.k,
         use_xT=args.use_xT,
         loss=args.loss,
+        optimizer=args.optimizer,
         lr=args.lr,
         epochs=args.epochs,
         early_stop=args.early_stop,
         tau_first=args.tau_first,
         tau=args.tau,
+        validate=args.validate,
+        holdout=args.holdout,
         batch_size=spec.default_batch_size if args.batch_size is None else args.batch_size,
         cache_dir=args.cache_dir,
         device=args.device,
@@ -134,9 +156,10 @@ def summary(art: PASArtifact) -> str:
         f"options: {options}; dtype {art.dtype}",
         f"schedule: {art.schedule or 'explicit times'}, sigma {art.sigma_min:g}..{art.sigma_max:g}",
         (
-            f"basis: k={art.k}, use_xT={art.use_xT}; loss {art.loss}, lr {art.lr:g}, "
-            f"epochs <= {art.epochs}, early stop {art.early_stop}, "
-            f"tau first {art.tau_first:g}, tau {art.tau:g}"
+            f"basis: k={art.k}, use_xT={art.use_xT}; loss {art.loss}, optimizer {art.optimizer}"
+            + (f" (lr {art.lr:g}, epochs <= {art.epochs}, early stop {art.early_stop})"
+               if art.optimizer == "adam" else "")
+            + f", tau first {art.tau_first:g}, tau {art.tau:g}"
         ),
         (
             f"teacher: {teacher.get('solver')} ~{teacher.get('nfe')} NFE, "
@@ -144,9 +167,12 @@ def summary(art: PASArtifact) -> str:
             f"{art.teacher_seconds:.1f} s{cached}"
         ),
         (
-            f"fit: {art.fit_seconds:.1f} s; n_params {art.n_params} "
-            f"on {len(art.corrected)} corrected steps {sorted(art.corrected)}"
+            f"fit: {art.fit_seconds:.2f} s ("
+            + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in art.fit_parts.items())
+            + f"); n_params {art.n_params} on {len(art.corrected)} corrected steps "
+            f"{sorted(art.corrected)}"
         ),
+        _gate_line(art),
     ]
     rows = [
         [
@@ -156,7 +182,7 @@ def summary(art: PASArtifact) -> str:
             s.epochs,
             f"{s.loss_before:.5g}",
             f"{s.loss_after:.5g}",
-            "yes" if s.accepted else "no",
+            ("yes" if s.index in art.corrected else "yes, gate dropped it") if s.accepted else "no",
             " ".join(f"{c:.5g}" for c in art.corrected.get(s.index, [])),
         ]
         for s in art.search
@@ -174,7 +200,26 @@ def summary(art: PASArtifact) -> str:
             "coordinates",
         ],
     )
-    return "\n".join(head) + "\n" + table
+    text = "\n".join(head) + "\n" + table
+    if art.validation:
+        rows = [
+            [" ".join(map(str, c["steps"])) or "none (base solver)", f"{c['loss']:.6g}"]
+            for c in art.validation["candidates"]
+        ]
+        text += "\n" + tabulate(rows, headers=["corrected steps", "held-out loss"])
+    return text
+
+
+def _gate_line(art: PASArtifact) -> str:
+    if not art.validation:
+        return "gate: off (every accepted step kept)"
+    v = art.validation
+    seeds = v["seeds"]
+    return (
+        f"held out (seeds {seeds[0]}..{seeds[1] - 1}): base {v['base']:.6g}, "
+        f"all accepted {v['searched']:.6g}, kept {v['kept'] or 'none'} {v['kept_loss']:.6g} "
+        f"(gain {art.holdout_gain:.2%})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,16 +1,25 @@
-"""``pas.fit``: the adaptive search of pas-spec §6 with the decisions of §0.
+"""``pas.fit``: the adaptive search of pas-spec §6 with the decisions of §0, then a held-out gate.
 
 The student solver runs once over all training latents with a *fitting* correction hook. At step i
 the hook builds each sample's basis, fits the shared coordinates against the teacher's state at
 t_{i+1}, decides whether the step is worth correcting, and returns the direction the solver should
 use (corrected with the final coordinates, or its own). So the search follows exactly the recursion
 that sampling will follow, for every solver that offers the hook, with no per-solver code.
+
+The search judges each step by its one-step loss, which can fall while the final samples get
+worse. With ``validate`` (the default) the teacher also solves held-out seeds the search never
+sees; the student is run on them with the accepted steps, and with subsets found by dropping steps
+one at a time (greedy backward elimination), and the artifact keeps the subset whose final-state
+loss is lowest, or nothing when no subset beats the base solver by more than ``tau`` and by more
+than the held-out estimate's own noise.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +28,61 @@ from torch import Tensor
 from tqdm import tqdm
 
 import solvers
-from pas.artifact import PASArtifact, StepSearch
-from pas.basis import combine, n_coords, step_basis
+from pas.artifact import PASArtifact, PASCorrection, StepSearch
+from pas.basis import BasisTracker, combine, n_coords
 from pas.cache import default_cache_dir
-from pas.search import FitSettings, accept, fit_coords, loss_name, loss_value
-from pas.teacher import TEACHER_SEED_START, seed_range, teacher_trajectories
+from pas.search import (
+    OPTIMIZERS,
+    FitSettings,
+    accept,
+    fit_coords,
+    loss_name,
+    loss_value,
+    per_sample_loss,
+)
+from pas.teacher import TEACHER_SEED_START, TeacherRequest, seed_range, teacher_states
 from solvers.context import StepContext
+
+# Held-out seeds: `holdout` x trajectories, but never fewer than this.
+MIN_HOLDOUT = 100
+# The gate keeps a correction only if its held-out gain exceeds this many standard errors.
+GATE_Z = 2.0
+
+
+@dataclass
+class Clock:
+    """Seconds spent per part of a fit."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, part: str, began: float) -> float:
+        now = time.perf_counter()
+        self.parts[part] = self.parts.get(part, 0.0) + now - began
+        return now
 
 
 class ChunkedDenoiser:
-    """The same denoiser, called on at most ``batch_size`` samples at a time (bounds memory)."""
+    """The same denoiser, called on at most ``batch_size`` samples at a time (bounds memory);
+    the seconds it spends are added to ``clock`` under "denoiser"."""
 
-    def __init__(self, denoiser, batch_size: int):
+    def __init__(self, denoiser, batch_size: int, clock: Clock):
         self.inner = denoiser
         self.batch_size = batch_size
+        self.clock = clock
         for name in ("name", "shape", "sigma_min", "sigma_max", "label_dim"):
             setattr(self, name, getattr(denoiser, name))
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        if x.shape[0] <= self.batch_size:
-            return self.inner(x, sigma, class_labels)
+        began = time.perf_counter()
         parts = []
         for start in range(0, x.shape[0], self.batch_size):
             part = slice(start, start + self.batch_size)
             s = sigma[part] if sigma.ndim else sigma
             labels = class_labels[part] if class_labels is not None else None
             parts.append(self.inner(x[part], s, labels))
-        return torch.cat(parts)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self.clock.add("denoiser", began)
+        return out
 
 
 class FittingHook:
@@ -57,45 +94,140 @@ class FittingHook:
         k: int,
         use_xT: bool,
         settings: FitSettings,
-        tau_first: float,
-        tau: float,
+        taus: tuple[float, float],
+        clock: Clock,
         bar: tqdm,
     ):
         self.targets = targets
-        self.k = k
-        self.use_xT = use_xT
+        self.tracker = BasisTracker(k, use_xT)
         self.settings = settings
-        self.tau_first = tau_first
-        self.tau = tau
+        self.tau_first, self.tau = taus
+        self.clock = clock
         self.search: list[StepSearch] = []
         self.corrected: dict[int, list[float]] = {}
         self.bar = bar
 
     def __call__(self, ctx: StepContext) -> Tensor:
+        began = time.perf_counter()
         samples = ctx.x_cur.shape[0]
         x = ctx.x_cur.reshape(samples, -1)
         target = self.targets[ctx.index + 1].to(ctx.x_cur).reshape(samples, -1)
         # The solver steps with x + dt * d for a Python float dt; predict states the same way.
         dt = float(ctx.t_next) - float(ctx.t_cur)
-        basis = step_basis(ctx, self.k, self.use_xT)
-        basis = basis[:, : n_coords(basis)]
+        full = self.tracker.basis(ctx)
+        q = n_coords(full)
+        # Coordinate-major [q, S, D]: the optimisers' passes then read each coordinate's block.
+        basis = torch.empty(q, *x.shape, dtype=x.dtype, device=x.device)
+        basis.copy_(full[:, :q].transpose(0, 1))
         direction = ctx.direction.reshape(samples, -1)
         before = loss_value(self.settings.loss, torch.add(x, direction, alpha=dt) - target).item()
-        start = torch.zeros(basis.shape[1], dtype=x.dtype, device=x.device)
+        start = torch.zeros(q, dtype=x.dtype, device=x.device)
         start[0] = direction.norm(dim=1).mean()
+        began = self.clock.add("basis", began)
         coords, epochs = fit_coords(x - target, basis, dt, start, self.settings)
-        corrected = combine(basis, coords, ctx.direction)
+        began = self.clock.add("optimizer", began)
+        corrected = combine(full, coords, ctx.direction)
         # The state the solver will reach with the stored coordinates, and its loss (decision 0.5).
         reached = torch.add(x, corrected.reshape(samples, -1), alpha=dt)
         after = loss_value(self.settings.loss, reached - target).item()
         tau = self.tau if self.corrected else self.tau_first
         accepted = accept(before, after, tau)
-        self.search.append(StepSearch(ctx.index, basis.shape[1], before, after, accepted, epochs))
+        self.search.append(StepSearch(ctx.index, q, before, after, accepted, epochs, coords.tolist()))
         if accepted:
             self.corrected[ctx.index] = coords.tolist()
+        self.clock.add("basis", began)
         self.bar.update()
         self.bar.set_postfix(step=ctx.index, before=f"{before:.3g}", after=f"{after:.3g}")
         return corrected if accepted else ctx.direction
+
+
+@dataclass
+class Student:
+    """How to run the student solver: everything ``solvers.sample`` takes besides the latents."""
+
+    denoiser: ChunkedDenoiser
+    solver: str
+    nfe: int
+    times: Tensor
+    options: dict[str, Any]
+
+    def run(self, latents: Tensor, labels: Tensor | None, correction=None) -> Tensor:
+        return solvers.sample(
+            self.denoiser,
+            latents,
+            self.solver,
+            self.nfe,
+            schedule=self.times,
+            correction=correction,
+            class_labels=labels,
+            **self.options,
+        )
+
+
+def _gate(
+    student: Student,
+    start: tuple[Tensor, Tensor | None],
+    final: Tensor,
+    corrected: dict[int, list[float]],
+    basis: tuple[int, bool],
+    loss: str,
+    tau: float,
+) -> tuple[dict[int, list[float]], dict[str, Any]]:
+    """The subset of ``corrected`` to keep, chosen on held-out seeds, and the record of the choice.
+
+    Greedy backward elimination from all accepted steps: drop the step whose removal lowers the
+    held-out final-state loss most, while one does. The lowest-loss subset seen is kept when it
+    beats the base solver by more than ``tau`` and by more than GATE_Z standard errors of the
+    per-sample loss differences (the seeds are paired, so this is the noise of the held-out
+    estimate); otherwise nothing is kept.
+    """
+    k, use_xT = basis
+    steps = len(student.times) - 1
+    losses: dict[tuple[int, ...], Tensor] = {}
+
+    def held_out(subset: tuple[int, ...]) -> float:
+        if subset not in losses:
+            kept = {i: corrected[i] for i in subset}
+            hook = PASCorrection(kept, use_xT, steps, k) if kept else None
+            losses[subset] = per_sample_loss(loss, student.run(*start, hook) - final)
+        return float(losses[subset].mean())
+
+    base = held_out(())
+    current = tuple(sorted(corrected))
+    while len(current) > 1:
+        smaller = min(
+            (tuple(s for s in current if s != drop) for drop in current), key=held_out
+        )
+        if held_out(smaller) >= held_out(current):
+            break
+        current = smaller
+    if current:
+        held_out(current)
+    # Fewer corrected steps win ties.
+    best = min((s for s in losses if s), key=lambda s: (held_out(s), len(s)), default=())
+    gain = losses[()] - losses[best]
+    margin = max(tau, GATE_Z * float(gain.std() / math.sqrt(len(gain)))) if len(gain) > 1 else tau
+    kept = best if best and float(gain.mean()) > margin else ()
+    record = {
+        "base": base,
+        "searched": held_out(tuple(sorted(corrected))),
+        "kept": list(kept),
+        "kept_loss": held_out(kept),
+        "margin": margin,
+        "candidates": [{"steps": list(s), "loss": held_out(s)} for s in losses],
+    }
+    return {i: corrected[i] for i in kept}, record
+
+
+def holdout_count(trajectories: int, holdout: float) -> int:
+    """Held-out seeds for ``trajectories`` fit seeds: holdout x trajectories, at least MIN_HOLDOUT."""
+    return max(MIN_HOLDOUT, math.ceil(holdout * trajectories))
+
+
+def teacher_seeds(trajectories: int, validate: bool = True, holdout: float = 0.1) -> range:
+    """The teacher seeds of a fit: ``trajectories`` for the search, then the held-out ones."""
+    held = holdout_count(trajectories, holdout) if validate else 0
+    return range(TEACHER_SEED_START, TEACHER_SEED_START + trajectories + held)
 
 
 def _student_times(denoiser, solver: str, nfe: int, schedule, options: dict[str, Any]):
@@ -105,37 +237,36 @@ def _student_times(denoiser, solver: str, nfe: int, schedule, options: dict[str,
     return (name if isinstance(name, str) else None), float(options["rho"]), times
 
 
-def _check_settings(
+def student_request(
+    denoiser,
     solver: str,
-    k: int,
-    trajectories: int,
-    teacher_nfe: int,
-    epochs: int,
-    early_stop: int,
-    lr: float,
-    tau_first: float,
-    tau: float,
-    batch_size: int,
-) -> None:
+    nfe: int,
+    *,
+    schedule: str | Tensor | Sequence[float] | None = None,
+    teacher_nfe: int = 100,
+    **solver_options: Any,
+) -> TeacherRequest:
+    """What the teacher must provide for a fit of ``solver`` at ``nfe`` (see pas.teacher)."""
+    options = solvers.get_solver(solver).resolve(solver_options)
+    name, rho, times = _student_times(denoiser, solver, nfe, schedule, options)
+    return TeacherRequest.for_student(denoiser, times, name, rho, teacher_nfe)
+
+
+def _check_settings(solver: str, integers: dict[str, int], reals: dict[str, float]) -> None:
     if solvers.get_solver(solver).stages != 1:
         raise ValueError(
             f"PAS cannot correct {solver}: it spends several NFE per step; "
             "use a one-evaluation-per-step solver (ddim, ipndm, dpmpp, unipc)"
         )
-    for name, value, low in (
-        ("k", k, 1),
-        ("trajectories", trajectories, 1),
-        ("teacher_nfe", teacher_nfe, 1),
-        ("epochs", epochs, 1),
-        ("early_stop", early_stop, 0),
-        ("batch_size", batch_size, 1),
-    ):
+    for name, value in integers.items():
+        low = 0 if name == "early_stop" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not (tau_first >= 0 and tau >= 0):
-        raise ValueError(f"tau_first and tau must be >= 0, got {tau_first!r}, {tau!r}")
+    if not reals["lr"] > 0:
+        raise ValueError(f"lr must be positive, got {reals['lr']!r}")
+    for name in ("tau_first", "tau", "holdout"):
+        if not reals[name] >= 0:
+            raise ValueError(f"{name} must be >= 0, got {reals[name]!r}")
 
 
 def fit(
@@ -150,11 +281,14 @@ def fit(
     k: int = 4,
     use_xT: bool = True,
     loss: str = "L1",
+    optimizer: str = "exact",
     lr: float = 0.01,
     epochs: int = 1000,
     early_stop: int = 10,
     tau_first: float = 1e-4,
     tau: float = 1e-4,
+    validate: bool = True,
+    holdout: float = 0.1,
     batch_size: int = 256,
     cache_dir: str | Path | None = None,
     device: torch.device | str | None = None,
@@ -165,55 +299,67 @@ def fit(
 ) -> PASArtifact:
     """Fit PAS coordinates for ``solver`` at ``nfe`` on ``denoiser`` (pas-spec §0 and §6).
 
-    The teacher (Heun, ~``teacher_nfe`` NFE, on the student's own schedule) runs on seeds
-    10,000,000.. (disjoint from evaluation seeds) and is cached under ``cache_dir``. ``device`` and
-    ``dtype`` default to the denoiser's ``device``/``dtype`` attributes, else CPU float32.
+    The teacher (Heun, ~``teacher_nfe`` NFE, on the student's own schedule or a finer shared grid
+    already in the cache) runs on seeds 10,000,000.. (disjoint from evaluation seeds): the first
+    ``trajectories`` for the search, and with ``validate`` ``holdout_count(trajectories, holdout)``
+    more for the gate. ``optimizer``: "exact" (the loss's minimiser) or "adam" (the reference's
+    loop, with ``lr``, ``epochs``, ``early_stop``). ``device`` and ``dtype`` default to the
+    denoiser's ``device``/``dtype`` attributes, else CPU float32.
     """
     loss = loss_name(loss)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown PAS optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     _check_settings(
-        solver, k, trajectories, teacher_nfe, epochs, early_stop, lr, tau_first, tau, batch_size
+        solver,
+        {"k": k, "trajectories": trajectories, "teacher_nfe": teacher_nfe, "epochs": epochs,
+         "early_stop": early_stop, "batch_size": batch_size},
+        {"lr": lr, "tau_first": tau_first, "tau": tau, "holdout": holdout},
     )
     spec = solvers.get_solver(solver)
     options = spec.resolve(solver_options)
     device = device if device is not None else getattr(denoiser, "device", "cpu")
     dtype = dtype if dtype is not None else getattr(denoiser, "dtype", torch.float32)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     schedule_name, rho, times = _student_times(denoiser, solver, nfe, schedule, options)
-    seeds = range(TEACHER_SEED_START, TEACHER_SEED_START + trajectories)
-    teach = teacher_trajectories(
+    seeds = teacher_seeds(trajectories, validate, holdout)
+    teach = teacher_states(
         denoiser,
-        times,
-        schedule=schedule_name,
-        rho=rho,
+        [TeacherRequest.for_student(denoiser, times, schedule_name, rho, teacher_nfe)],
         seeds=seeds,
         teacher=teacher,
-        teacher_nfe=teacher_nfe,
         dtype=dtype,
         device=device,
         batch_size=batch_size,
-        cache_dir=cache_dir,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
         progress=progress,
     )
-    settings = FitSettings(loss=loss, lr=lr, epochs=epochs, early_stop=early_stop)
+    settings = FitSettings(loss=loss, optimizer=optimizer, lr=lr, epochs=epochs,
+                           early_stop=early_stop)
+    clock = Clock()
+    student = Student(ChunkedDenoiser(denoiser, batch_size, clock), solver, nfe, times,
+                      solver_options)
+    began = time.perf_counter()
     latents, labels = solvers.latents_for_seeds(
         seeds, denoiser.shape, dtype=dtype, device=device, label_dim=denoiser.label_dim
     )
-    start = time.perf_counter()
+    fit_part = slice(0, trajectories)
     with tqdm(
         total=len(times) - 1, desc="PAS fit", unit="step", disable=None if progress else True
     ) as bar:
-        hook = FittingHook(teach.states.to(device), k, use_xT, settings, tau_first, tau, bar)
-        solvers.sample(
-            ChunkedDenoiser(denoiser, batch_size),
-            latents,
-            solver,
-            nfe,
-            schedule=times,
-            correction=hook,
-            class_labels=labels,
-            **solver_options,
+        targets = teach.states(times, fit_part).to(device)
+        hook = FittingHook(targets, k, use_xT, settings, (tau_first, tau), clock, bar)
+        student.run(latents[fit_part], None if labels is None else labels[fit_part], hook)
+    corrected, validation = hook.corrected, None
+    if validate:
+        gate_began = time.perf_counter()
+        final = teach.states(times[-1:], slice(trajectories, None))[0].to(device)
+        rest = slice(trajectories, None)
+        corrected, validation = _gate(
+            student, (latents[rest], None if labels is None else labels[rest]), final,
+            hook.corrected, (k, use_xT), loss, tau,
         )
-    fit_seconds = time.perf_counter() - start
+        validation["seeds"] = seed_range(seeds[rest])
+        clock.add("gate", gate_began)
+    fit_seconds = time.perf_counter() - began
     return PASArtifact(
         dataset=dataset or denoiser.name,
         model=denoiser.name,
@@ -228,25 +374,30 @@ def fit(
         times=times.tolist(),
         k=k,
         use_xT=use_xT,
-        corrected=hook.corrected,
+        corrected=corrected,
         search=hook.search,
         loss=loss,
+        optimizer=optimizer,
         lr=lr,
         epochs=epochs,
         early_stop=early_stop,
         tau_first=tau_first,
         tau=tau,
+        validate=validate,
+        holdout=holdout,
+        validation=validation,
         teacher={
             "solver": teacher,
             "nfe": teacher_nfe,
-            "actual_nfe": 2 * (len(times) - 1) * (teach.config["inserted"] + 1),
-            "inserted": teach.config["inserted"],
+            "actual_nfe": teach.nfe,
+            "grid_points": len(teach.grid),
             "trajectories": trajectories,
-            "seeds": seed_range(seeds),
+            "seeds": seed_range(seeds[fit_part]),
             "cached": teach.cached,
             "generation_seconds": teach.generation_seconds,
         },
         fit_seconds=fit_seconds,
+        fit_parts=dict(clock.parts),
         teacher_seconds=teach.seconds,
         dtype=str(dtype).removeprefix("torch."),
     )

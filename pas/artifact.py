@@ -13,16 +13,17 @@ import torch
 from torch import Tensor
 
 import solvers
-from pas.basis import combine, step_basis
+from pas.basis import BasisTracker
 from pas.cache import atomic_write
 from solvers.context import StepContext
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class StepSearch:
-    """What the search found at one step: its losses before/after fitting and the decision."""
+    """What the search found at one step: its losses before/after fitting, the decision and the
+    fitted coordinates (kept for every step, so a gate's choice can be replayed)."""
 
     index: int
     n_coords: int
@@ -30,17 +31,20 @@ class StepSearch:
     loss_after: float
     accepted: bool
     epochs: int
+    coords: list[float]
 
 
 class PASCorrection:
     """The correction hook for ``solvers.sample``: corrected steps use sum_j c_j u_j.
 
-    A step with q stored coordinates uses the first q rows of the basis, as in the fit.
+    A step with q stored coordinates uses the first q rows of the basis, as in the fit. Steps
+    without coordinates return the solver's own direction untouched, so an empty correction
+    samples bit-identically to the base solver.
     """
 
-    def __init__(self, corrected: dict[int, list[float]], use_xT: bool, num_steps: int):
+    def __init__(self, corrected: dict[int, list[float]], use_xT: bool, num_steps: int, k: int):
         self.coords = {i: torch.tensor(c, dtype=torch.float64) for i, c in corrected.items()}
-        self.use_xT = use_xT
+        self.tracker = BasisTracker(k, use_xT)
         self.num_steps = num_steps
 
     def __call__(self, ctx: StepContext) -> Tensor:
@@ -52,8 +56,7 @@ class PASCorrection:
         coords = self.coords.get(ctx.index)
         if coords is None:
             return ctx.direction
-        basis = step_basis(ctx, len(coords), self.use_xT)
-        return combine(basis, coords.to(ctx.direction.dtype), ctx.direction)
+        return self.tracker.corrected(ctx, coords)
 
 
 def _same_times(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -81,13 +84,18 @@ class PASArtifact:
     corrected: dict[int, list[float]]
     search: list[StepSearch]
     loss: str
+    optimizer: str
     lr: float
     epochs: int
     early_stop: int
     tau_first: float
     tau: float
+    validate: bool
+    holdout: float
+    validation: dict[str, Any] | None
     teacher: dict[str, Any]
     fit_seconds: float
+    fit_parts: dict[str, float]
     teacher_seconds: float
     dtype: str
     format_version: int = field(default=FORMAT_VERSION)
@@ -97,9 +105,16 @@ class PASArtifact:
         """The number of learned numbers: coordinates over all corrected steps."""
         return sum(len(c) for c in self.corrected.values())
 
+    @property
+    def holdout_gain(self) -> float | None:
+        """Relative drop of the held-out final-state loss, base -> kept (None without the gate)."""
+        if not self.validation or not self.validation["base"]:
+            return None
+        return 1.0 - self.validation["kept_loss"] / self.validation["base"]
+
     def correction(self) -> PASCorrection:
         """The callable to pass as ``solvers.sample(..., correction=...)``."""
-        return PASCorrection(self.corrected, self.use_xT, self.num_steps)
+        return PASCorrection(self.corrected, self.use_xT, self.num_steps, self.k)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -39,15 +39,26 @@ def _artifact(solver: str = "ddim", nfe: int = 5, corrected=None, **changes) -> 
         "use_xT": True,
         "corrected": corrected,
         "search": [
-            StepSearch(i, 4, 0.5, 0.25 if i in corrected else 0.75, i in corrected, 12)
+            StepSearch(i, 4, 0.5, 0.25 if i in corrected else 0.75, i in corrected, 12, [1.0])
             for i in range(nfe)
         ],
         "loss": "L1",
+        "optimizer": "exact",
         "lr": 0.01,
         "epochs": 1000,
         "early_stop": 10,
         "tau_first": 1e-4,
         "tau": 1e-4,
+        "validate": True,
+        "holdout": 0.1,
+        "validation": {
+            "base": 0.5,
+            "searched": 0.4,
+            "kept": sorted(corrected),
+            "kept_loss": 0.4 if corrected else 0.5,
+            "candidates": [],
+            "seeds": [10_000_010, 10_000_110],
+        },
         "teacher": {
             "solver": "heun",
             "nfe": 100,
@@ -55,6 +66,7 @@ def _artifact(solver: str = "ddim", nfe: int = 5, corrected=None, **changes) -> 
             "seeds": [10_000_000, 10_000_010],
         },
         "fit_seconds": 1.25,
+        "fit_parts": {"denoiser": 0.5, "basis": 0.25, "optimizer": 0.25, "gate": 0.25},
         "teacher_seconds": 0.5,
         "dtype": "float64",
     }
@@ -170,9 +182,13 @@ def test_json_is_self_describing(tmp_path):
         "search",
         "teacher",
         "loss",
+        "optimizer",
         "lr",
         "epochs",
+        "validate",
+        "validation",
         "fit_seconds",
+        "fit_parts",
         "teacher_seconds",
         "format_version",
     ):
@@ -185,4 +201,5 @@ def test_json_is_self_describing(tmp_path):
         "loss_after": 0.25,
         "accepted": True,
         "epochs": 12,
+        "coords": [1.0],
     }

@@ -43,13 +43,17 @@ def test_fit_then_show(tmp_path, capsys):
         "digits",
         "float64",
     )
-    assert art.options["thresholding"] is True  # digits lives in [-1, 1]
+    assert art.options["thresholding"] is False  # off by default for the mixtures
     assert art.teacher["trajectories"] == 64 and len(art.search) == 4
+    assert art.optimizer == "exact" and art.validation["seeds"] == [10_000_064, 10_000_164]
     capsys.readouterr()
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"n_params {art.n_params}" in shown and "loss before" in shown
-    assert len(shown.splitlines()) == 6 + 2 + 4  # header lines, table head, one row per step
+    assert "held out (seeds 10000064..10000163): base" in shown
+    candidates = len(art.validation["candidates"])
+    # header lines, step table head and rows, gate table head and rows
+    assert len(shown.splitlines()) == 7 + 2 + 4 + 2 + candidates
 
 
 @pytest.mark.parametrize(
