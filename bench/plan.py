@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
+
+import torch
 
 import pas
 from bench.dataset_spec import DatasetSpec
@@ -259,20 +261,65 @@ def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
     return [cell for cell in cells if cell.index % count == index]
 
 
-def teacher_nfe(steps: int, requested: int) -> int:
-    """Denoiser calls of PAS's Heun teacher per trajectory (pas-spec 2.1: 2N(M+1))."""
-    inserted = max(0, math.ceil(requested / (2 * steps)) - 1)
-    return 2 * steps * (inserted + 1)
+def teacher_group(cell: Cell) -> tuple:
+    """Cells whose PAS fits can share one teacher solve have the same group: same model, dtype,
+    precision, teacher and teacher seeds."""
+    settings = cell.pas_settings
+    return (cell.dataset, cell.dtype, cell.precision, settings["teacher"],
+            settings["trajectories"], settings["validate"], settings["holdout"])
+
+
+def teacher_requests(denoiser: Any, cells: list[Cell]) -> list[pas.TeacherRequest]:
+    """What the teacher must provide for the PAS fits of ``cells`` (one request per fit)."""
+    fits = {cell.pas_key: cell for cell in cells if cell.pas}
+    try:
+        return [pas.student_request(denoiser, c.solver, c.nfe, schedule=c.schedule,
+                                    teacher_nfe=c.pas_settings["teacher_nfe"], **c.options)
+                for c in fits.values()]
+    except ValueError as exc:
+        raise UserError(f"PAS teacher: {exc}") from None
+
+
+def _grid_denoiser(spec: DatasetSpec) -> Any:
+    """What the teacher's grid depends on: the analytic denoiser itself (cheap), else a stand-in
+    with the checkpoint's sigma range (nothing is downloaded for a dry run)."""
+    if spec.exact_stats is not None:
+        return spec.build()
+    return SimpleNamespace(name=spec.model_url, sigma_min=spec.sigma_min,
+                           sigma_max=spec.sigma_max, label_dim=spec.label_dim)
+
+
+def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
+    """Per teacher group of the PAS cells still to fit: the shared grid and its denoiser calls
+    (0 when a stored solve already serves the group)."""
+    waiting = [c for c in cells if c.pas
+               and not (cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in waiting:
+        groups.setdefault(teacher_group(cell), []).append(cell)
+    costs = []
+    for key, members in groups.items():
+        spec = get_dataset(key[0])
+        denoiser = _grid_denoiser(spec)
+        requests = teacher_requests(denoiser, members)
+        settings = members[0].pas_settings
+        seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
+        stored = spec.exact_stats is not None and pas.stored_teacher(
+            denoiser, requests, seeds=seeds, teacher=settings["teacher"],
+            dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
+        steps = 0 if stored else len(pas.shared_grid(requests)) - 1
+        costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
+                      "seeds": len(seeds), "evaluations": 2 * steps * len(seeds)})
+    return costs
 
 
 def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
     """Denoiser evaluations (per sample, summed) the cells will make, by purpose.
 
-    PAS counts assume nothing is cached except artifacts already on disk; a cached teacher makes
-    the real teacher count smaller.
+    PAS counts assume nothing is cached except artifacts and teacher solves already on disk.
     """
     counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
-    teachers, fits, references = set(), set(), set()
+    fits, references = set(), set()
     for cell in cells:
         preview = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
         counts["sampling"] += cell.num_samples * cell.nfe
@@ -283,13 +330,10 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
         if cell.pas and cell.pas_key not in fits and not artifact.exists():
             fits.add(cell.pas_key)
             settings = cell.pas_settings
-            counts["pas_search"] += settings["trajectories"] * cell.nfe
-            teacher = (cell.dataset, cell.schedule, cell.steps, cell.options.get("rho"), cell.dtype,
-                       settings["teacher_nfe"], settings["trajectories"])
-            if teacher not in teachers:
-                teachers.add(teacher)
-                counts["pas_teacher"] += settings["trajectories"] * teacher_nfe(
-                    cell.steps, settings["teacher_nfe"])
+            seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"],
+                                      settings["holdout"])
+            counts["pas_search"] += len(seeds) * cell.nfe
+    counts["pas_teacher"] = sum(cost["evaluations"] for cost in teacher_cost(cells, cache_dir))
     counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
     return counts
 
@@ -325,6 +369,12 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     lines = [tabulate(table, headers=headers, intfmt=","),
              f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
              f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})"]
+    lines.extend(
+        f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
+        + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "
+           f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations"
+           if cost["grid_steps"] else "already in the cache")
+        for cost in teacher_cost(todo, cache_dir))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

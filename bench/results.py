@@ -30,7 +30,8 @@ from bench.errors import UserError
 ROW_KEYS = (
     "run_id", "created_at", "git_sha", "git_dirty", "host", "device", "torch_version",
     "package_version", "grid", "dataset", "solver", "nfe", "schedule", "order", "options", "pas",
-    "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_settings", "num_samples", "seeds",
+    "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_holdout_gain", "pas_settings",
+    "num_samples", "seeds",
     "batch_size", "world_size", "dtype", "precision", "metric", "value", "rmse_to_teacher",
     "sample_s", "s_per_sample", "metric_s", "peak_mem_mb", "preview", "config_hash",
 )

@@ -44,6 +44,8 @@ from bench.plan import (
     build_plan,
     describe_plan,
     select_shard,
+    teacher_group,
+    teacher_requests,
 )
 from bench.results import RunFile, ensure_writable, existing_hashes, new_run_id, provenance, utc_now
 
@@ -145,6 +147,8 @@ class Runner:
         self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
         self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._artifacts: dict[str, Any] = {}
+        self._cells: list[Cell] = []
+        self._teacher_groups: set[tuple] = set()
         self._inception: Any = None
         self._latent_store: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -201,7 +205,29 @@ class Runner:
                 raise UserError(f"{exc}; delete {path} to fit it again") from None
         return self._artifacts[cell.pas_key]
 
+    def _share_teacher(self, cell: Cell) -> None:
+        """Before the first fit of a teacher group: one teacher solve for every fit of the group
+        that this run still has to make, on a grid holding all their times (pas.teacher)."""
+        group = teacher_group(cell)
+        if group in self._teacher_groups:
+            return
+        self._teacher_groups.add(group)
+        waiting = [c for c in self._cells if c.pas and teacher_group(c) == group
+                   and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
+        denoiser = self.denoiser(cell)
+        settings = cell.pas_settings
+        try:
+            pas.teacher_states(
+                denoiser, teacher_requests(denoiser, waiting),
+                seeds=pas.teacher_seeds(settings["trajectories"], settings["validate"],
+                                        settings["holdout"]),
+                teacher=settings["teacher"], dtype=DTYPES[cell.dtype], device=self.device,
+                batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress)
+        except ValueError as exc:
+            raise UserError(f"PAS teacher for {cell.dataset}: {exc}") from None
+
     def _fit(self, cell: Cell) -> Any:
+        self._share_teacher(cell)
         try:
             return pas.fit(self.denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
                            cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
@@ -326,10 +352,12 @@ class Runner:
 
     def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, sample_s: float,
              metric_s: float, peak: float, preview: str) -> dict:
-        fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None}
+        fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None,
+               "pas_holdout_gain": None}
         if artifact is not None:
             fit = {"pas_params": artifact.n_params, "pas_steps": sorted(artifact.corrected),
-                   "pas_fit_s": artifact.fit_seconds, "teacher_s": artifact.teacher_seconds}
+                   "pas_fit_s": artifact.fit_seconds, "teacher_s": artifact.teacher_seconds,
+                   "pas_holdout_gain": artifact.holdout_gain}
         return {
             "run_id": self.run_file.run_id, "created_at": utc_now(), **self.fixed,
             "grid": self.grid_name, "dataset": cell.dataset, "solver": cell.solver,
@@ -346,6 +374,7 @@ class Runner:
     def run(self, cells: list[Cell]) -> list[dict]:
         """Run ``cells`` in order, appending each row as soon as it exists."""
         rows = []
+        self._cells = cells
         for cell in tqdm(cells, desc="grid", unit="cell", disable=not self.progress):
             row = self.run_cell(cell)
             if row is not None:

@@ -25,14 +25,15 @@ def _check_row(row: dict, out) -> None:
     assert row["order"] == expected_order
     assert row["schedule"] == ("logsnr" if row["solver"] == "dpmpp" else "polynomial")
     if row["solver"] == "dpmpp":
-        # thresholding follows the dataset: off for the 2-D mixture, on for digits in [-1, 1].
-        assert row["options"]["thresholding"] == (row["dataset"] == "digits")
+        # thresholding follows the dataset: off for the analytic mixtures.
+        assert row["options"]["thresholding"] is False
     if row["pas"]:
         assert row["pas_settings"]["trajectories"] == 1000
         # At most k = 4 coordinates per corrected step, at least one.
         assert len(row["pas_steps"]) <= row["pas_params"] <= 4 * len(row["pas_steps"])
         assert all(0 <= step < row["nfe"] for step in row["pas_steps"])
         assert row["pas_fit_s"] > 0 and row["teacher_s"] >= 0
+        assert row["pas_holdout_gain"] >= 0
     else:
         assert row["pas_params"] is row["pas_steps"] is row["pas_settings"] is None
     with np.load(out / row["preview"]) as preview:
