@@ -38,7 +38,9 @@ Schema (every table and key below is optional unless marked required; unknown ke
     trajectories = 500
 
 Command-line options (--datasets, --solvers, --nfe, --pas, --num-samples, --batch-size, --dtype,
---precision) override the file; see bench.plan for how a grid becomes cells.
+--precision) override the file; see bench.plan for how a grid becomes cells. Every table is checked
+before anything runs, also those of datasets, solvers or PAS settings a command line leaves out,
+and every cell needs at least 2 samples (FD and FID estimate a covariance).
 """
 from __future__ import annotations
 

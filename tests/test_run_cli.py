@@ -36,6 +36,10 @@ BAD_ARGS = [
     (["--shard", "2/2"], "--shard 2/2"),
     (["--shard", "one/two"], "--shard must look like i/N"),
     (["--num-samples", "-3"], "positive integer"),
+    (["--num-samples", "1", "--datasets", "gmm2d"],
+     "gmm2d: the fd metric needs at least 2 samples per cell for its covariance, got --num-samples 1"),
+    (["--datasets", ","], "argument --datasets: expected a name, got ','"),
+    (["--solvers", ""], "argument --solvers: expected a name, got ''"),
     (["--pas", "maybe"], "invalid choice"),
     (["--no-such-option"], "unrecognized arguments"),
 ]
@@ -71,6 +75,19 @@ BAD_GRIDS = [
      "unknown PAS loss 'L7'"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nbatch_size = 0",
      "[datasets.gmm2d] batch_size"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nnum_samples = 1",
+     "needs at least 2 samples per cell for its covariance, got [grid] num_samples 1"),
+    ("[grid]\ndatasets = ['digits']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.digits]\nnum_samples = 1",
+     "got [datasets.digits] num_samples 1"),
+    # Tables the run does not use are checked too: a typo there fails now, not in a later run.
+    ("[grid]\ndatasets = ['digits']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.digts]\nnum_samples = 9",
+     "[datasets.digts] names no dataset"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\npas = 'off'\n[pas]\ntrajectoris = 9",
+     "[pas] PAS setting 'trajectoris' is unknown"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.digits.pas]\nepoch = 9",
+     "[datasets.digits.pas] PAS setting 'epoch' is unknown"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[solver_options.dpmpp]\nordr = 2",
+     "dpmpp does not take option 'ordr'"),
 ]
 
 
@@ -79,6 +96,19 @@ def test_bad_grid_files_exit_2(tmp_path, capsys, text, needle):
     grid = write_grid(tmp_path, text, "bad.toml")
     out = tmp_path / "out"
     _fails_cleanly(capsys, out, ["--grid", str(grid), "--out", str(out)], needle)
+
+
+def test_too_few_samples_for_the_metric_writes_nothing(tmp_path, capsys):
+    """The issue's command: one sample cannot give a covariance; caught before anything runs."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    _fails_cleanly(capsys, out, ["--datasets", "digits", "--solvers", "ddim", "--nfe", "5",
+                                 "--num-samples", "1", "--pas", "off", "--out", str(out),
+                                 "--cache-dir", str(cache)],
+                   "digits: the fd metric needs at least 2 samples per cell")
+    assert not out.exists() and not cache.exists()
+    (cell,) = build_plan(load_grid("toy"), Overrides(datasets=["digits"], solvers=["ddim"], nfe=[5],
+                                                      pas="off", num_samples=2))
+    assert cell.num_samples == 2
 
 
 def test_unknown_grid_name_and_missing_file(tmp_path, capsys):
@@ -122,8 +152,9 @@ def test_help_explains_every_option(capsys):
 
 
 def test_list_options_accept_spaces_and_commas():
-    args = parse_args(["--nfe", "4,5", "6", "--datasets", "gmm2d,digits", "--shard", "1/3"])
-    assert args.nfe == [4, 5, 6]
+    args = parse_args(["--nfe", "4,5", "6", "--datasets", "gmm2d,digits", "--shard", "1/3",
+                       "--nfe", "8"])
+    assert args.nfe == [4, 5, 6, 8]  # a repeated option adds to the list
     assert args.datasets == ["gmm2d", "digits"]
     assert args.shard == (1, 3)
     assert parse_shard(None) == (0, 1)
