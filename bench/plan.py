@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import torch
+
 import pas
+from bench import estimate
 from bench.dataset_spec import DatasetSpec
 from bench.datasets import dataset_names, get_dataset
 from bench.errors import UserError
+from bench.estimate import Work
 from bench.grids import Grid
 from bench.metrics import MIN_SAMPLES
 from pas.search import loss_name
@@ -340,8 +344,20 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
     return list(found.values())
 
 
-def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path) -> str:
-    """The --dry-run report: every cell, its status and cost, totals and downloads."""
+def _work(cells: list[Cell], cache_dir: Path) -> list[Work]:
+    """Per dataset: the evaluations, scored samples and cells ``cells`` ask for."""
+    works = []
+    for name in dict.fromkeys(cell.dataset for cell in cells):
+        group = [cell for cell in cells if cell.dataset == name]
+        works.append(Work(get_dataset(name), group[0].dtype, group[0].batch_size,
+                          evaluations=sum(_evaluation_counts(group, cache_dir).values()),
+                          scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
+    return works
+
+
+def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
+                  device: torch.device) -> str:
+    """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
     from tabulate import tabulate
 
     waiting = {cell.config_hash for cell in todo}
@@ -356,7 +372,8 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
     lines = [tabulate(table, headers=headers, intfmt=","),
              f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
-             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})"]
+             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
+             *estimate.describe(_work(todo, cache_dir), device)]
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

@@ -6,7 +6,9 @@ import torch
 from run_helpers import run_cli, write_grid
 
 from bench.cli import parse_args, parse_shard
+from bench.datasets import get_dataset
 from bench.errors import UserError
+from bench.estimate import Costs, Work, describe, seconds
 from bench.grids import load_grid
 from bench.plan import Overrides, build_plan
 from bench.run import main
@@ -169,11 +171,19 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, tiny, capsys):
     text = capsys.readouterr().out
     # Shard 0/2 keeps the even cells: PAS off for every (dataset, solver).
     assert "cells: 4 selected, 4 to run, 0 already in the store" in text
-    assert text.count(" off ") == 4 and " on " not in text
+    table = text.split("cells:")[0]
+    assert table.count(" off ") == 4 and " on " not in table
     # 300 samples x 4 NFE per cell, 64-sample previews, and the Heun-200 reference for gmm2d
     # (64 seeds) and digits (rmse_samples = 16 < 64 preview seeds -> 64 seeds).
     sampling, previews, reference = 4 * 300 * 4, 4 * 64 * 4, 2 * 64 * 200
     assert f"denoiser evaluations to run: {sampling + previews + reference:,}" in text
+    # Costs timed now, scaled by each dataset's evaluations, scored samples and cells.
+    assert "estimated time: " in text
+    evaluations = {"gmm2d": 2 * 300 * 4 + 2 * 64 * 4 + 64 * 200,
+                   "digits": 2 * 300 * 4 + 2 * 64 * 4 + 64 * 200}
+    for name, count in evaluations.items():
+        assert f"  {name}: " in text and f"({count:,} evaluations at " in text
+        assert "metric 600 samples at " in text and "+ 2 x " in text
     assert "downloads: none" in text
     assert not list(out.glob("*.jsonl")) and not cache.exists()
 
@@ -187,3 +197,18 @@ def test_corrupt_cached_artifact_is_a_user_error(tmp_path, tiny, capsys):
     _fails_cleanly(capsys, out, ["--grid", str(tiny), "--out", str(out), "--cache-dir", str(cache),
                                  "--datasets", "gmm2d", "--solvers", "ddim", "--pas", "on"],
                    "delete")
+
+
+def test_time_estimate_scales_timed_costs_by_the_plan():
+    costs = Costs(evaluation_s=2e-6, metric_sample_s=1e-6, metric_cell_s=0.5, metric_setup_s=3.0)
+    work = Work(get_dataset("digits"), "float32", 1000, evaluations=1_000_000,
+                scored_samples=40_000, cells=4)
+    assert seconds(costs, work) == pytest.approx(2.0 + 0.04 + 2.0 + 3.0, rel=1e-12)
+
+
+def test_checkpoint_datasets_get_no_estimate_and_load_nothing():
+    cifar = Work(get_dataset("cifar10"), "float32", 500, evaluations=10, scored_samples=2, cells=1)
+    assert describe([cifar], torch.device("cpu")) == [
+        "estimated time: no estimate",
+        "  cifar10: no estimate (checkpoint network; --dry-run loads none)"]
+    assert describe([], torch.device("cpu")) == []
