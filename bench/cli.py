@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shard", metavar="i/N",
         help="run only cells j with j mod N == i (independent jobs writing into one store)")
     add("--dry-run", action="store_true",
-        help="validate and print the plan (cells, denoiser evaluations, downloads); run nothing")
+        help="validate and print the plan (cells, denoiser evaluations, downloads) and a time "
+             "estimate from costs timed now on this machine; run nothing")
     add("--quiet", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
     add("--save-images", metavar="DIR",
         help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")
