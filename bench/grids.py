@@ -91,7 +91,9 @@ def resolve_grid_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise UserError(f"grid file {name_or_path} does not exist")
+            raise UserError(f"grid file {name_or_path} does not exist; shipped grids go by name "
+                            f"(--grid {path.stem if path.stem in grid_names() else 'smoke'}): "
+                            f"{', '.join(grid_names())}")
         return path
     shipped = GRID_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():

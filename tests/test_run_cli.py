@@ -116,6 +116,7 @@ def test_too_few_samples_for_the_metric_writes_nothing(tmp_path, capsys):
 def test_unknown_grid_name_and_missing_file(tmp_path, capsys):
     _fails_cleanly(capsys, tmp_path, ["--grid", "nosuchgrid"], "unknown grid 'nosuchgrid'")
     _fails_cleanly(capsys, tmp_path, ["--grid", str(tmp_path / "gone.toml")], "does not exist")
+    _fails_cleanly(capsys, tmp_path, ["--grid", "toy.toml"], "shipped grids go by name (--grid toy)")
 
 
 def test_unwritable_out_exits_2(tmp_path, tiny, capsys):
