@@ -9,8 +9,8 @@ and load, which fixed figures in a table cannot. The distance is timed at most a
 ``_DISTANCE_DIM`` dimensions and scaled as d^3 beyond (its matrix products and eigenvalues),
 which keeps the dry run to a few seconds on 3072-d data.
 
-Left out: PAS's coordinate search between its denoiser evaluations (a small part on the analytic
-data) and checkpoint datasets, whose network --dry-run does not load (they get no estimate).
+Left out: PAS's coordinate search between its denoiser evaluations (under a fifth of the toy
+grid) and checkpoint datasets, whose network --dry-run does not load (they get no estimate).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import solvers
 from bench.dataset_spec import DatasetSpec
 from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Largest batch timed (cells' batches are used up to this size) and the NFE of the timed solve.
 _CALIBRATION_BATCH = 1000
 _CALIBRATION_NFE = 2
@@ -73,9 +72,10 @@ def _best_time(function: Callable[[], object], device: torch.device, repeats: in
 
 def calibrate(spec: DatasetSpec, dtype: str, batch_size: int, device: torch.device) -> Costs:
     """Time one solve, one metric update and one distance of an analytic dataset."""
-    denoiser = spec.build(device=device, dtype=DTYPES[dtype])
+    torch_dtype = getattr(torch, dtype)  # the grid's dtype names are torch's
+    denoiser = spec.build(device=device, dtype=torch_dtype)
     batch = min(batch_size, _CALIBRATION_BATCH)
-    latents, labels = solvers.latents_for_seeds(range(batch), denoiser.shape, dtype=DTYPES[dtype],
+    latents, labels = solvers.latents_for_seeds(range(batch), denoiser.shape, dtype=torch_dtype,
                                                 device=device, label_dim=denoiser.label_dim)
     solve_s = _best_time(lambda: solvers.sample(denoiser, latents, "ddim", _CALIBRATION_NFE,
                                                 class_labels=labels), device)

@@ -23,7 +23,6 @@ from bench import estimate
 from bench.dataset_spec import DatasetSpec
 from bench.datasets import dataset_names, get_dataset
 from bench.errors import UserError
-from bench.estimate import Work
 from bench.grids import Grid
 from bench.metrics import MIN_SAMPLES
 from pas.search import loss_name
@@ -344,14 +343,15 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
     return list(found.values())
 
 
-def _work(cells: list[Cell], cache_dir: Path) -> list[Work]:
+def _work(cells: list[Cell], cache_dir: Path) -> list[estimate.Work]:
     """Per dataset: the evaluations, scored samples and cells ``cells`` ask for."""
     works = []
     for name in dict.fromkeys(cell.dataset for cell in cells):
         group = [cell for cell in cells if cell.dataset == name]
-        works.append(Work(get_dataset(name), group[0].dtype, group[0].batch_size,
-                          evaluations=sum(_evaluation_counts(group, cache_dir).values()),
-                          scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
+        works.append(estimate.Work(
+            get_dataset(name), group[0].dtype, group[0].batch_size,
+            evaluations=sum(_evaluation_counts(group, cache_dir).values()),
+            scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
     return works
 
 
