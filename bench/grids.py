@@ -14,7 +14,8 @@ Schema (every table and key below is optional unless marked required; unknown ke
     dtype        = "float32"              # "float32" | "float64" (default "float32")
     precision    = "fp32"                 # "fp32" | "fp16" | "bf16": checkpoint networks only
     rmse_samples = 64                     # first seeds compared with a Heun-200 reference solve
-                                          # (row field rmse_to_teacher); 0 = off (default)
+                                          # (row field rmse_to_teacher); 0 = off (default);
+                                          # more than a cell's num_samples means all of them
 
     [solver_options.<solver>]             # per-solver settings, e.g. for dpmpp:
     schedule = "polynomial"               #   time schedule (default: the solver's own)
