@@ -24,8 +24,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _names(text: str) -> list[str]:
+def _split(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
+
+
+def _names(text: str) -> list[str]:
+    names = _split(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a name, got {text!r}")
+    return names
 
 
 def _flatten(values: list[list[str]] | None) -> list[str] | None:
@@ -34,7 +41,7 @@ def _flatten(values: list[list[str]] | None) -> list[str] | None:
 
 def _nfe_list(text: str) -> list[int]:
     try:
-        values = [int(part) for part in _names(text)]
+        values = [int(part) for part in _split(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"NFE must be positive integers, got {text!r}") from None
     if not values or min(values) <= 0:
@@ -58,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--grid", default="toy", metavar="NAME|PATH",
         help="grid to run: a shipped name (smoke, toy, paper) or a TOML file (default: toy)")
-    add("--datasets", nargs="+", type=_names, metavar="NAME",
+    # action="extend": a repeated option adds to the list (--nfe 5 --nfe 10 runs both).
+    add("--datasets", nargs="+", type=_names, action="extend", metavar="NAME",
         help="run only these datasets instead of the grid's (space- or comma-separated)")
-    add("--solvers", nargs="+", type=_names, metavar="NAME",
+    add("--solvers", nargs="+", type=_names, action="extend", metavar="NAME",
         help="run only these solvers instead of the grid's")
-    add("--nfe", nargs="+", type=_nfe_list, metavar="N",
+    add("--nfe", nargs="+", type=_nfe_list, action="extend", metavar="N",
         help="denoiser evaluations per sample to run instead of the grid's")
     add("--pas", choices=PAS_MODES,
         help="off: base solvers only; on: PAS-corrected only; both: each cell with and without")
@@ -86,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shard", metavar="i/N",
         help="run only cells j with j mod N == i (independent jobs writing into one store)")
     add("--dry-run", action="store_true",
-        help="validate and print the plan (cells, denoiser evaluations, downloads); run nothing")
+        help="validate and print the plan (cells, denoiser evaluations, downloads) and a time "
+             "estimate from costs timed now on this machine; run nothing")
     add("--quiet", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
     add("--save-images", metavar="DIR",
         help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")

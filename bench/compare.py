@@ -132,8 +132,26 @@ def changed_table(comparison: Comparison) -> str:
     return tabulate(shown, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
 
 
-def report(comparison: Comparison, baseline: Path, candidate: Path) -> str:
-    """Everything ``main`` prints: a summary line, changed cells, cells missing on either side."""
+def side_counts(comparison: Comparison) -> str:
+    """Cells per (dataset, solver): matched, changed, and on one side only (counts, no hashes)."""
+    columns = {"matched": comparison.matched, "changed": comparison.changed,
+               "only in baseline": comparison.only_baseline,
+               "only in candidate": comparison.only_candidate}
+    counts = pd.DataFrame({name: cells.groupby(["dataset", "solver"]).size()
+                           for name, cells in columns.items()})
+    counts = counts.fillna(0).astype(int).sort_index().reset_index()
+    return tabulate(counts, headers="keys", tablefmt="simple", showindex=False)
+
+
+def _cell_list(cells: pd.DataFrame) -> str:
+    """One line per cell, in cell order, with its config hash last."""
+    listed = cells.sort_values(CELL_LABEL).reset_index()[[*CELL_LABEL, "config_hash"]]
+    return tabulate(listed, headers="keys", tablefmt="simple", showindex=False)
+
+
+def report(comparison: Comparison, baseline: Path, candidate: Path, verbose: bool = False) -> str:
+    """Everything ``main`` prints: a summary line, changed matched cells, then cell counts per
+    dataset and solver; ``verbose`` adds every one-sided cell with its config hash."""
     summary = (
         f"{len(comparison.matched)} cells matched, {len(comparison.changed)} changed, "
         f"{comparison.regressions} regression(s); {len(comparison.only_baseline)} only in {baseline}, "
@@ -145,10 +163,14 @@ def report(comparison: Comparison, baseline: Path, candidate: Path) -> str:
                      "(results/baseline/README.md)")
     if not comparison.changed.empty:
         parts.append(changed_table(comparison))
-    for name, cells in ((f"only in {baseline}", comparison.only_baseline),
-                        (f"only in {candidate}", comparison.only_candidate)):
-        if not cells.empty:
-            parts.append(f"{name}:\n" + tabulate(cells, headers="keys", tablefmt="simple"))
+    parts.append(f"cells per dataset and solver (baseline {baseline}, candidate {candidate}):\n"
+                 + side_counts(comparison))
+    one_sided = ((f"only in {baseline}", comparison.only_baseline),
+                 (f"only in {candidate}", comparison.only_candidate))
+    if verbose:
+        parts.extend(f"{name}:\n" + _cell_list(cells) for name, cells in one_sided if not cells.empty)
+    elif any(not cells.empty for _, cells in one_sided):
+        parts.append("--verbose lists the cells on one side only with their config hashes")
     return "\n\n".join(parts)
 
 
@@ -177,6 +199,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
     parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
                         help="allowed relative s_per_sample increase (default: times not checked)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also list every cell found on one side only, with its config hash")
     return parser.parse_args(argv)
 
 
@@ -187,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"bench.compare: {err}", file=sys.stderr)
         return 2
-    print(report(comparison, args.baseline, args.candidate))
+    print(report(comparison, args.baseline, args.candidate, args.verbose))
     return 1 if comparison.failed else 0
 
 

@@ -14,7 +14,8 @@ Schema (every table and key below is optional unless marked required; unknown ke
     dtype        = "float32"              # "float32" | "float64" (default "float32")
     precision    = "fp32"                 # "fp32" | "fp16" | "bf16": checkpoint networks only
     rmse_samples = 64                     # first seeds compared with a Heun-200 reference solve
-                                          # (row field rmse_to_teacher); 0 = off (default)
+                                          # (row field rmse_to_teacher); 0 = off (default);
+                                          # more than a cell's num_samples means all of them
 
     [solver_options.<solver>]             # per-solver settings, e.g. for dpmpp:
     schedule = "polynomial"               #   time schedule (default: the solver's own)
@@ -38,7 +39,9 @@ Schema (every table and key below is optional unless marked required; unknown ke
     trajectories = 500
 
 Command-line options (--datasets, --solvers, --nfe, --pas, --num-samples, --batch-size, --dtype,
---precision) override the file; see bench.plan for how a grid becomes cells.
+--precision) override the file; see bench.plan for how a grid becomes cells. Every table is checked
+before anything runs, also those of datasets, solvers or PAS settings a command line leaves out,
+and every cell needs at least 2 samples (FD and FID estimate a covariance).
 """
 from __future__ import annotations
 
@@ -89,7 +92,9 @@ def resolve_grid_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise UserError(f"grid file {name_or_path} does not exist")
+            raise UserError(f"grid file {name_or_path} does not exist; shipped grids go by name "
+                            f"(--grid {path.stem if path.stem in grid_names() else 'smoke'}): "
+                            f"{', '.join(grid_names())}")
         return path
     shipped = GRID_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():

@@ -13,6 +13,9 @@ import torch
 from torch import Tensor
 
 Features = Callable[[Tensor], Tensor]
+# Samples a Frechet metric needs at the least: its covariance has ddof=1. bench.plan checks every
+# cell against this before anything runs.
+MIN_SAMPLES = 2
 
 
 def flatten_features(samples: Tensor) -> Tensor:
@@ -102,8 +105,8 @@ class MomentAccumulator:
     def mean_cov(self) -> tuple[Tensor, Tensor]:
         """Sample mean and unbiased (ddof=1) covariance, float64 on the CPU."""
         count = float(self.count)
-        if count < 2:
-            raise ValueError(f"need at least 2 samples for a covariance, got {count:.0f}")
+        if count < MIN_SAMPLES:
+            raise ValueError(f"need at least {MIN_SAMPLES} samples for a covariance, got {count:.0f}")
         mean = (self.total / count).cpu()
         outer = self.outer.cpu()
         cov = (outer - count * torch.outer(mean, mean)) / (count - 1)

@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 import torch
 
 import pas
+from bench import estimate
 from bench.dataset_spec import DatasetSpec
-from bench.datasets import get_dataset
+from bench.datasets import dataset_names, get_dataset
 from bench.errors import UserError
 from bench.grids import Grid
+from bench.metrics import MIN_SAMPLES
 from pas.search import loss_name
 from solvers import REGISTRY, schedule_names
 
@@ -147,12 +149,15 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 def resolve_pas(grid: Grid, dataset: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """Grid [pas] settings, then [datasets.<name>.pas], over pas.fit's defaults (type-checked)."""
-    chosen = {**grid.pas_settings, **grid.dataset_overrides.get(dataset, {}).get("pas", {})}
+    local = grid.dataset_overrides.get(dataset, {}).get("pas", {})
+    chosen = {**grid.pas_settings, **local}
     for key, value in chosen.items():
+        where = f"[datasets.{dataset}.pas]" if key in local else "[pas]"
         if key not in defaults:
-            raise UserError(f"PAS setting {key!r} is unknown; valid: {', '.join(sorted(defaults))}")
+            raise UserError(f"{where} PAS setting {key!r} is unknown; valid: "
+                            f"{', '.join(sorted(defaults))}")
         if not _same_kind(value, defaults[key]):
-            raise UserError(f"PAS setting {key} must be a {type(defaults[key]).__name__}, "
+            raise UserError(f"{where} PAS setting {key} must be a {type(defaults[key]).__name__}, "
                             f"got {value!r}")
     if "loss" in chosen:
         try:
@@ -188,11 +193,38 @@ def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) 
                             f"{', '.join(checkpoints) or 'none'}")
 
 
+def _first_given(*candidates: tuple[str, int | None]) -> tuple[str, int]:
+    """The first (where, value) whose value is set: command line, then grid file, then default."""
+    return next((where, value) for where, value in candidates if value)
+
+
 def _dataset_sizes(grid: Grid, spec: DatasetSpec, overrides: Overrides) -> tuple[int, int]:
     local = grid.dataset_overrides.get(spec.name, {})
-    num = overrides.num_samples or local.get("num_samples") or grid.num_samples or spec.default_num_samples
+    source, num = _first_given(("--num-samples", overrides.num_samples),
+                               (f"[datasets.{spec.name}] num_samples", local.get("num_samples")),
+                               ("[grid] num_samples", grid.num_samples),
+                               ("its default num_samples", spec.default_num_samples))
+    # Every rank's moment sums are added before rank 0 computes the metric (bench.distributed),
+    # so only the cell's total counts, never the seeds of one rank or shard.
+    if num < MIN_SAMPLES:
+        raise UserError(f"{spec.name}: the {spec.metric} metric needs at least {MIN_SAMPLES} "
+                        f"samples per cell for its covariance, got {source} {num}")
     batch = overrides.batch_size or local.get("batch_size") or grid.batch_size or spec.default_batch_size
     return num, batch
+
+
+def _check_grid_tables(grid: Grid, specs: list[DatasetSpec], defaults: dict[str, Any]) -> None:
+    """Check the grid file's per-dataset and per-solver tables in full, also those the command
+    line leaves out of this run, so a typo fails now rather than in a later run."""
+    for name in grid.dataset_overrides:
+        if name not in dataset_names():
+            raise UserError(f"grid file {grid.source}: [datasets.{name}] names no dataset; choose "
+                            f"from: {', '.join(dataset_names())}")
+    for name in dict.fromkeys([*(spec.name for spec in specs), *grid.dataset_overrides]):
+        resolve_pas(grid, name, defaults)
+    for solver in grid.solver_options:
+        for spec in specs:
+            resolve_solver(solver, spec, grid)
 
 
 def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
@@ -217,14 +249,15 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         if _solver_spec(name).stages != 1:
             raise UserError(f"PAS cannot correct {name}: it spends several NFE per step; "
                             "use --pas off or a one-evaluation-per-step solver")
-    defaults = pas_defaults() if True in pas_flags else {}
+    defaults = pas_defaults()
+    _check_grid_tables(grid, specs, defaults)
     cells: list[Cell] = []
     for spec in specs:
         num_samples, batch_size = _dataset_sizes(grid, spec, overrides)
         model = (file_identity(overrides.model_path) if spec.model_url and overrides.model_path
                  else spec.model_url or f"analytic:{spec.name}")
         metric = _metric_identity(spec, overrides)
-        pas_settings = resolve_pas(grid, spec.name, defaults) if defaults else None
+        pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)
             for nfe in nfes:
@@ -352,8 +385,21 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
     return list(found.values())
 
 
-def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path) -> str:
-    """The --dry-run report: every cell, its status and cost, totals and downloads."""
+def _work(cells: list[Cell], cache_dir: Path) -> list[estimate.Work]:
+    """Per dataset: the evaluations, scored samples and cells ``cells`` ask for."""
+    works = []
+    for name in dict.fromkeys(cell.dataset for cell in cells):
+        group = [cell for cell in cells if cell.dataset == name]
+        works.append(estimate.Work(
+            get_dataset(name), group[0].dtype, group[0].batch_size,
+            evaluations=sum(_evaluation_counts(group, cache_dir).values()),
+            scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
+    return works
+
+
+def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
+                  device: torch.device) -> str:
+    """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
     from tabulate import tabulate
 
     waiting = {cell.config_hash for cell in todo}
@@ -368,7 +414,8 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
     lines = [tabulate(table, headers=headers, intfmt=","),
              f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
-             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})"]
+             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
+             *estimate.describe(_work(todo, cache_dir), device)]
     lines.extend(
         f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
         + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "

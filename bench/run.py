@@ -420,11 +420,11 @@ def execute(args: Namespace) -> int:
         ensure_writable(Path(args.save_images))
     done = set() if args.force else existing_hashes(out)
     todo = [cell for cell in cells if cell.config_hash not in done]
+    device = resolve_device(args.device, world)
     if args.dry_run:
         if world.is_main:
-            print(describe_plan(cells, todo, _overrides(args), cache_dir))
+            print(describe_plan(cells, todo, _overrides(args), cache_dir, device))
         return 0
-    device = resolve_device(args.device, world)
     world = distributed.init_world(device)
     try:
         # Rank 0's view of the store decides, so every rank runs the same cells.

@@ -71,13 +71,50 @@ def test_newest_row_per_cell_is_compared(tmp_path: Path, baseline: Path) -> None
     assert main([str(baseline), str(cand.parent)]) == 1
 
 
-def test_missing_cells_are_listed(tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
-    fewer = write_rows(tmp_path / "fewer.jsonl", rows()[:-1])
+def _hashes(text: str) -> set[str]:
+    """The config hashes of the test stores (any side) that ``text`` shows."""
+    known = [row["config_hash"] for row in rows()]
+    known += [make_row("digits", "ddim", nfe, False)["config_hash"] for nfe in NFES]
+    return {value for value in known if value in text}
+
+
+def test_missing_cells_are_counted_and_listed_only_with_verbose(
+        tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
+    fewer_rows = rows()[:-1]
+    extra = [make_row("digits", "ddim", nfe, False) for nfe in NFES]
+    fewer = write_rows(tmp_path / "fewer.jsonl", fewer_rows + extra)
     assert main([str(baseline), str(fewer)]) == 0
     out = capsys.readouterr().out
-    assert f"only in {baseline}:" in out and "ipndm" in out.split("only in")[-1]
+    assert out.startswith(f"11 cells matched, 0 changed, 0 regression(s); 1 only in {baseline}, "
+                          f"3 only in {fewer}")
+    assert not _hashes(out)
+    table = out.split("cells per dataset and solver")[1].splitlines()[3:6]
+    # dataset, solver, matched, changed, only in baseline, only in candidate
+    assert [line.split() for line in table] == [["digits", "ddim", "0", "0", "0", "3"],
+                                                ["gmm2d", "ddim", "6", "0", "0", "0"],
+                                                ["gmm2d", "ipndm", "5", "0", "1", "0"]]
+    assert "--verbose lists" in out
+
+    assert main([str(baseline), str(fewer), "--verbose"]) == 0
+    verbose = capsys.readouterr().out
+    assert _hashes(verbose) == {rows()[-1]["config_hash"], *(row["config_hash"] for row in extra)}
+    assert verbose.index("cells per dataset and solver") < verbose.index(f"only in {baseline}:")
+    assert verbose.index(f"only in {baseline}:") < verbose.index(f"only in {fewer}:")
+
     other = write_rows(tmp_path / "other.jsonl", [make_row("digits", "ddim", 4, False)])
     assert main([str(baseline), str(other)]) == 1  # nothing matches: the hash changed
+    assert "no cell matches" in capsys.readouterr().out
+
+
+def test_changed_cells_come_before_the_counts(tmp_path: Path, baseline: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    value = make_row("gmm2d", "ddim", 6, True)["value"]
+    changed = write_rows(tmp_path / "changed.jsonl",
+                         rows(**{"ddim-6-pas": {"value": value / 2}})[1:])
+    assert main([str(baseline), str(changed)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("better") < out.index("cells per dataset and solver")
+    assert not _hashes(out)
 
 
 @pytest.mark.parametrize("kind", ["missing", "bad-json", "empty", "bad-tol"])

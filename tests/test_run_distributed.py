@@ -36,3 +36,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         assert double[key]["value"] == pytest.approx(row["value"], rel=1e-12, abs=0)
         assert double[key]["rmse_to_teacher"] == row["rmse_to_teacher"]
         assert double[key]["pas_steps"] == row["pas_steps"]
+
+
+def test_a_rank_without_seeds_adds_nothing(tmp_path):
+    """Three ranks, two samples: rank 2 has no seeds, and the metric (moments summed over ranks)
+    is the one process's, so only a cell's total sample count has to pass the plan's check."""
+    common = ["--datasets", "gmm2d", "--solvers", "ddim", "--nfe", "4", "--pas", "off",
+              "--num-samples", "2", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    done = run_cli(*common, "--out", str(tmp_path / "three"),
+                   module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                           "-m", "bench.run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (single,), (triple,) = read_rows(tmp_path / "one"), read_rows(tmp_path / "three")
+    assert triple["world_size"] == 3 and triple["num_samples"] == 2
+    assert triple["value"] == pytest.approx(single["value"], rel=1e-12, abs=0)
