@@ -202,7 +202,6 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     # dict.fromkeys: drop repeated names, keep their order.
     datasets = list(dict.fromkeys(overrides.datasets or grid.datasets))
     solvers = list(dict.fromkeys(overrides.solvers or grid.solvers))
-    nfes = list(dict.fromkeys(overrides.nfe or grid.nfe))
     mode = overrides.pas or grid.pas
     pas_flags = {"off": [False], "on": [True], "both": [False, True]}[mode]
     dtype = overrides.dtype or grid.dtype
@@ -223,9 +222,10 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                  else spec.model_url or f"analytic:{spec.name}")
         metric = _metric_identity(spec, overrides)
         pas_settings = resolve_pas(grid, spec.name, defaults) if defaults else None
+        nfes = overrides.nfe or grid.dataset_overrides.get(spec.name, {}).get("nfe") or grid.nfe
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)
-            for nfe in nfes:
+            for nfe in dict.fromkeys(nfes):
                 steps = _steps(solver, nfe, options)
                 for use_pas in pas_flags:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
