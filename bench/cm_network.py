@@ -17,8 +17,8 @@ Facts carried over from the public code (cm/unet.py, cm/nn.py, cm/karras_diffusi
   lays its 3C output channels out as (three, heads, head_dim) and whose softmax scale is
   1/sqrt(head_dim). (The file's legacy path splits heads first, (heads, three, head_dim); loading
   these weights with that layout runs and gives garbage.)
-* GroupNorm with 32 groups, computed in float32 and cast back in half precision; SiLU everywhere; the sinusoidal
-  time embedding is [cos, sin] of t * 10000^(-i/half) for i < half.
+* GroupNorm with 32 groups (computed in float32 in a half-precision network); SiLU everywhere;
+  the sinusoidal time embedding is [cos, sin] of t * 10000^(-i/half) for i < half.
 * Preconditioning: sigma_data 0.5, c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
   c_in = 1 / sqrt(s^2 + sd^2), network time input 1000 * 0.25 * log(s + 1e-44).
 """
@@ -287,7 +287,8 @@ class UNetModel(nn.Module):
 
 
 class KarrasPrecond(nn.Module):
-    """A UNet behind KarrasDenoiser.denoise's preconditioning: the EDM call ``net(x, sigma, labels)``.
+    """A UNet behind KarrasDenoiser.denoise's preconditioning, called like an EDM network:
+    ``net(x, sigma, class_labels)``.
 
     Carries the attributes pasbench's EDM wrapper reads (img_resolution, img_channels, label_dim,
     sigma_min, sigma_max). The preconditioning runs in the dtype of ``x``; class labels arrive

@@ -12,11 +12,11 @@ import solvers
 from bench import datasets
 from bench.checkpoints import load_cm
 from bench.cm_network import AttentionBlock, KarrasPrecond, UNetModel
-from bench.edm import CM_BEDROOM_URL, OPENAI_BEDROOM_REF_URL, checkpoint_spec
+from bench.edm import CM_BEDROOM_URL, OPENAI_BEDROOM_REF_URL, checkpoint_spec, reference_stats
 from bench.errors import UserError
 from bench.grids import load_grid
 from bench.inception import FEATURE_DIM, load_inception
-from bench.plan import build_plan
+from bench.plan import Overrides, build_plan
 from bench.run import main
 
 # A tiny create_model configuration: 32 px, 32 channels, attention at 16 px only (and in the
@@ -125,7 +125,8 @@ def test_bedroom_defaults_build_the_released_layout(tmp_path):
 
 
 def _heads_by_layout(qkv: torch.Tensor, heads: int, layout: str) -> torch.Tensor:
-    """Attention written out head by head: qkv channels as (three, heads, d) or (heads, three, d)."""
+    """Attention written out head by head, qkv channels read as (three, heads, d) or as
+    (heads, three, d)."""
     width = qkv.shape[1] // 3
     d = width // heads
     outs = []
@@ -220,6 +221,29 @@ def test_paper_grid_runs_lsun_bedroom_at_the_pas_papers_nfe_with_batch_16():
     assert sorted({c.nfe for c in cells}) == [5, 6, 8, 10]
     assert {c.solver for c in cells} == {"ddim", "ipndm", "dpmpp", "unipc"}
     assert {c.batch_size for c in cells} == {16} and {c.num_samples for c in cells} == {50_000}
+    # --nfe on the command line replaces every dataset's list, LSUN Bedroom's too.
+    chosen = Overrides(datasets=["cifar10", "lsun_bedroom"], nfe=[4])
+    assert {c.nfe for c in build_plan(load_grid("paper"), chosen)} == {4}
+
+
+def test_openai_reference_batch_gives_its_pool_statistics(tmp_path):
+    # guided-diffusion's evaluator reads a reference batch's images from arr_0 and, when present,
+    # its statistics from mu/sigma (pool_3, 2048-d) and mu_s/sigma_s (spatial, 7 x 17 x 17).
+    spec = datasets.get_dataset("lsun_bedroom")
+    rng = np.random.default_rng(1)
+    mu, factor = rng.normal(size=FEATURE_DIM), rng.normal(size=(FEATURE_DIM, 8))
+    images = np.zeros((4, 256, 256, 3), dtype=np.uint8)
+    spatial = {"mu_s": np.zeros(2023), "sigma_s": np.eye(2023, dtype=np.float32)}
+    batch = tmp_path / "VIRTUAL_lsun_bedroom256.npz"
+    np.savez(batch, arr_0=images, mu=mu, sigma=factor @ factor.T, **spatial)
+    got_mu, got_sigma = reference_stats(spec, ref_stats=batch)
+    assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, factor @ factor.T)
+    np.savez(tmp_path / "images_only.npz", arr_0=images)
+    with pytest.raises(UserError, match="need arrays mu and sigma, found arr_0"):
+        reference_stats(spec, ref_stats=tmp_path / "images_only.npz")
+    np.savez(tmp_path / "spatial.npz", mu=spatial["mu_s"], sigma=spatial["sigma_s"])
+    with pytest.raises(UserError, match="not Inception pool statistics"):
+        reference_stats(spec, ref_stats=tmp_path / "spatial.npz")
 
 
 def _local_fid_files(tmp_path):

@@ -71,6 +71,8 @@ BAD_GRIDS = [
      "unknown PAS loss 'L7'"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nbatch_size = 0",
      "[datasets.gmm2d] batch_size"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nnfe = [0]",
+     "[datasets.gmm2d] nfe"),
 ]
 
 
