@@ -6,7 +6,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from run_helpers import read_rows, write_grid
+from run_helpers import local_fid_files, read_rows, write_grid
 
 import solvers
 from bench import datasets
@@ -15,7 +15,7 @@ from bench.cm_network import AttentionBlock, KarrasPrecond, UNetModel
 from bench.edm import CM_BEDROOM_URL, OPENAI_BEDROOM_REF_URL, checkpoint_spec, reference_stats
 from bench.errors import UserError
 from bench.grids import load_grid
-from bench.inception import FEATURE_DIM, load_inception
+from bench.inception import FEATURE_DIM
 from bench.plan import Overrides, build_plan
 from bench.run import main
 
@@ -247,12 +247,7 @@ def test_openai_reference_batch_gives_its_pool_statistics(tmp_path):
 
 
 def _local_fid_files(tmp_path):
-    weights = tmp_path / "inception.pt"
-    torch.save(load_inception(random_weights=True).state_dict(), weights)
-    rng = np.random.default_rng(0)
-    factor = rng.normal(size=(FEATURE_DIM, 16)) * 0.1
-    ref = tmp_path / "ref.npz"
-    np.savez(ref, mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
+    weights, ref = local_fid_files(tmp_path)
     return ["--ref-stats", str(ref), "--inception-weights", str(weights)]
 
 
