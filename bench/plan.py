@@ -27,6 +27,7 @@ from solvers import REGISTRY, schedule_names
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
 REFERENCE_SOLVER, REFERENCE_NFE, REFERENCE_SCHEDULE = "heun", 200, "polynomial"
 PREVIEW_COUNT = 64
+_DTYPE_BYTES = {"float32": 4, "float64": 8}
 # pas.fit keywords that change where, in what chunks or how visibly it runs, never what it fits
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
@@ -265,13 +266,16 @@ def teacher_nfe(steps: int, requested: int) -> int:
     return 2 * steps * (inserted + 1)
 
 
-def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
-    """Denoiser evaluations (per sample, summed) the cells will make, by purpose.
+def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> tuple[dict[str, int], list[int]]:
+    """Denoiser evaluations (per sample, summed) the cells will make, by purpose, and the bytes
+    of each PAS teacher's states they will compute (one teacher is in memory at a time while its
+    fits run; every teacher is kept in the cache).
 
     PAS counts assume nothing is cached except artifacts already on disk; a cached teacher makes
     the real teacher count smaller.
     """
     counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
+    teacher_bytes = []
     teachers, fits, references = set(), set(), set()
     for cell in cells:
         preview = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
@@ -290,8 +294,11 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
                 teachers.add(teacher)
                 counts["pas_teacher"] += settings["trajectories"] * teacher_nfe(
                     cell.steps, settings["teacher_nfe"])
+                # One state per student time for every trajectory.
+                state = math.prod(get_dataset(cell.dataset).shape) * _DTYPE_BYTES[cell.dtype]
+                teacher_bytes.append(settings["trajectories"] * (cell.steps + 1) * state)
     counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
-    return counts
+    return counts, teacher_bytes
 
 
 def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
@@ -319,12 +326,14 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
              for cell in cells]
     headers = ["#", "dataset", "solver", "nfe", "pas", "schedule", "samples", "batch",
                "evaluations", "status", "config_hash"]
-    counts = _evaluation_counts(todo, cache_dir)
+    counts, teacher_bytes = _evaluation_counts(todo, cache_dir)
     skipped = len(cells) - len(todo)
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
     lines = [tabulate(table, headers=headers, intfmt=","),
              f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
-             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})"]
+             f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
+             f"PAS teacher states to compute: {sum(teacher_bytes) / 2**30:,.1f} GiB in the cache, "
+             + f"the largest teacher {max(teacher_bytes, default=0) / 2**30:,.1f} GiB in memory"]
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

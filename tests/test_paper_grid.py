@@ -1,6 +1,7 @@
 """The paper grid: 152 cells in the published settings, planned without downloading anything."""
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,18 @@ def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
         if len(words) > 4 and words[0].isdigit() and words[1] in DATASETS:
             rows.add((words[1], words[2], int(words[3]), words[4]))
     assert rows == CELLS and len(rows) == 152
+    # Teachers are shared by solvers on one schedule (ddim/ipndm polynomial, dpmpp/unipc logsnr):
+    # 5,000 float32 trajectories with NFE + 1 states each, per dataset, NFE and schedule.
+    gib = [
+        5000 * (nfe + 1) * math.prod(get_dataset(name).shape) * 4 / 2**30
+        for name in DATASETS
+        for nfe in NFES[name]
+    ]
+    expected = (
+        f"PAS teacher states to compute: {2 * sum(gib):,.1f} GiB in the cache, "
+        f"the largest teacher {max(gib):,.1f} GiB in memory"
+    )
+    assert expected in done.stdout and max(gib) > 40  # LSUN Bedroom at NFE 10
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
