@@ -149,14 +149,14 @@ def load_cm(
         "use_scale_shift_norm": use_scale_shift_norm,
         "resblock_updown": resblock_updown,
     }
-    path = _local_file(path_or_url, cache_dir)
-    state = read_state_dict(path)
     try:
         # Built without memory on the meta device; the checkpoint's tensors then take its place.
         with torch.device("meta"):
             unet = UNetModel(**unet_kwargs)
     except ValueError as err:
-        raise UserError(f"cannot build the network for {path}: {err}") from None
+        raise UserError(f"these create_model flags build no network: {err}") from None
+    path = _local_file(path_or_url, cache_dir)
+    state = read_state_dict(path)
     check_state_dict(state, unet.state_dict(), path)
     unet.load_state_dict(state, assign=True)
     net = _on_device(KarrasPrecond(unet.float()), device if device is not None else "cpu")

@@ -195,6 +195,8 @@ def test_bad_flags_and_files_are_user_errors(tiny_file, tmp_path):
         load_cm(tmp_path / "junk.pt", **TINY_FLAGS)
     with pytest.raises(UserError, match="channel_mult"):
         load_cm(path, **{**TINY_FLAGS, "channel_mult": "1,two"})
+    with pytest.raises(UserError, match="build no network: 64 channels .* num_head_channels 24"):
+        load_cm(path, **{**TINY_FLAGS, "num_head_channels": 24})
     state = unet.state_dict()
     state.pop("out.2.bias")
     state["extra.weight"] = torch.zeros(1)
