@@ -11,8 +11,8 @@ LSUN Bedroom 256 is the EDM-trained network OpenAI released with Consistency Mod
 toolbox (diff-solvers) and PAS sample as ``lsun_bedroom``. Its FID reference is OpenAI's
 published batch ``VIRTUAL_lsun_bedroom256.npz`` (guided-diffusion's evaluation suite), whose
 ``mu``/``sigma`` are pool_3 statistics of the TensorFlow FID Inception; the reference toolbox's
-own ``lsun_bedroom-256x256.npz`` (EDM's ``fid.py ref`` on the dataset, Google Drive only) is
-another reference image set and can be given with ``--ref-stats``.
+own ``lsun_bedroom-256x256.npz`` (collected online or made with EDM's ``fid.py``, says its
+README; Google Drive only) describes other images and can be given with ``--ref-stats``.
 
 EDM computed its statistics with its TorchScript port of the TensorFlow FID Inception; pasbench
 computes features with pytorch-fid's port of the same network (see bench.inception).
