@@ -1,4 +1,9 @@
-"""Load EDM network pickles (NVlabs/edm) as pasbench Denoisers, without EDM's code installed.
+"""Load pretrained networks as pasbench Denoisers, without their training code installed.
+
+``load_edm``: EDM network pickles (NVlabs/edm). ``load_cm``: the EDM-trained state dicts of
+OpenAI's consistency_models release (e.g. ``edm_bedroom256_ema.pt``), rebuilt by
+``bench.cm_network`` from the ``create_model`` flags. State dicts are read with
+``torch.load(weights_only=True)``, which runs no code.
 
 EDM pickles carry the source code of their network classes: each persistent object is pickled
 as a call of ``torch_utils.persistence._reconstruct_persistent_obj(meta)``, where ``meta`` holds
@@ -18,16 +23,19 @@ import contextlib
 import pickle
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from bench.cm_network import KarrasPrecond, UNetModel
 from bench.downloads import cached_path, fetch, is_url
 from bench.errors import UserError
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# create_model's class count for class_cond=True (ImageNet).
+CM_NUM_CLASSES = 1000
 _NET_ATTRS = ("img_resolution", "img_channels", "label_dim", "sigma_min", "sigma_max")
 
 
@@ -94,21 +102,134 @@ def load_edm(
     Only load trusted files: unpickling runs the code stored in the pickle.
     """
     _check_precision(precision)
+    path = _local_file(path_or_url, cache_dir)
+    net = _on_device(_network(read_edm_pickle(path), path), device)
+    return EDMDenoiser(
+        net, path.stem, precision=precision, dtype=dtype, sigma_min=sigma_min, sigma_max=sigma_max
+    )
+
+
+def load_cm(
+    path_or_url: str | Path,
+    *,
+    image_size: int = 256,
+    num_channels: int = 256,
+    num_res_blocks: int = 2,
+    channel_mult: Sequence[int] | str = (1, 1, 2, 2, 4, 4),
+    attention_resolutions: Sequence[int] | str = (32, 16, 8),
+    num_heads: int = 1,
+    num_head_channels: int = 64,
+    resblock_updown: bool = True,
+    use_scale_shift_norm: bool = False,
+    class_cond: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    precision: str = "fp32",
+    cache_dir: Path | str | None = None,
+) -> EDMDenoiser:
+    """A consistency-models EDM state dict (a local path, or a URL fetched into the cache).
+
+    The keywords are ``cm.script_util.create_model``'s flags (the defaults are those of
+    ``edm_bedroom256_ema.pt``; ``channel_mult`` and ``attention_resolutions`` may also be given
+    as that code's comma-separated strings). The network lives on ``device`` (default CPU) in
+    float32; ``precision`` "fp16" autocasts it to half precision, the checkpoint's training
+    precision, while the solver states keep ``dtype`` (default float32). The sigma range is
+    KarrasDenoiser's, 0.002 to 80.
+    """
+    _check_precision(precision)
+    unet_kwargs = {
+        "image_size": image_size,
+        "model_channels": num_channels,
+        "num_res_blocks": num_res_blocks,
+        "attention_ds": _attention_ds(image_size, attention_resolutions),
+        "channel_mult": _int_list(channel_mult, "channel_mult"),
+        "num_classes": CM_NUM_CLASSES if class_cond else None,
+        "num_heads": num_heads,
+        "num_head_channels": num_head_channels,
+        "use_scale_shift_norm": use_scale_shift_norm,
+        "resblock_updown": resblock_updown,
+    }
+    try:
+        # Built without memory on the meta device; the checkpoint's tensors then take its place.
+        with torch.device("meta"):
+            unet = UNetModel(**unet_kwargs)
+    except ValueError as err:
+        raise UserError(f"these create_model flags build no network: {err}") from None
+    path = _local_file(path_or_url, cache_dir)
+    state = read_state_dict(path)
+    check_state_dict(state, unet.state_dict(), path)
+    unet.load_state_dict(state, assign=True)
+    net = _on_device(KarrasPrecond(unet.float()), device if device is not None else "cpu")
+    return EDMDenoiser(net, path.stem, precision=precision, dtype=dtype or torch.float32)
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a plain PyTorch state dict file, read without running any code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (a truncated or foreign file can fail in any way)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict (a dict of tensors)")
+    return state
+
+
+def check_state_dict(
+    state: dict[str, Tensor], expected: dict[str, Tensor], path: Path, shown: int = 3
+) -> None:
+    """``UserError`` naming the first few missing, unknown and mis-shaped keys, if any."""
+    problems = []
+    missing = [key for key in expected if key not in state]
+    unknown = [key for key in state if key not in expected]
+    wrong = [
+        f"{key} {tuple(state[key].shape)} (network: {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    for label, items in (("missing", missing), ("unknown", unknown), ("mis-shaped", wrong)):
+        if items:
+            more = f" and {len(items) - shown} more" if len(items) > shown else ""
+            problems.append(f"{len(items)} {label} keys: {', '.join(items[:shown])}{more}")
+    if problems:
+        raise UserError(
+            f"{path} does not fit the network built from the given flags ({'; '.join(problems)})"
+        )
+
+
+def _int_list(value: Sequence[int] | str, name: str) -> tuple[int, ...]:
+    """A tuple of ints from a sequence or from consistency_models' "1,1,2" strings."""
+    try:
+        items = value.split(",") if isinstance(value, str) else value
+        numbers = tuple(int(item) for item in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or min(numbers) <= 0:
+        raise UserError(f"{name} must be positive integers (e.g. 1,1,2,2,4,4), got {value!r}")
+    return numbers
+
+
+def _attention_ds(image_size: int, resolutions: Sequence[int] | str) -> tuple[int, ...]:
+    """create_model's attention rule: feature-map sizes in pixels become downsampling factors."""
+    return tuple(image_size // res for res in _int_list(resolutions, "attention_resolutions"))
+
+
+def _local_file(path_or_url: str | Path, cache_dir: Path | str | None) -> Path:
+    """A local checkpoint file: a URL is fetched into the cache, a path must exist."""
     if is_url(path_or_url):
-        path = fetch(str(path_or_url), cached_path(str(path_or_url), cache_dir))
-    else:
-        path = Path(path_or_url)
-        if not path.is_file():
-            raise UserError(f"checkpoint not found: {path}")
-    net = _network(read_edm_pickle(path), path)
+        return fetch(str(path_or_url), cached_path(str(path_or_url), cache_dir))
+    path = Path(path_or_url)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def _on_device(net: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
     device = torch.device(device)
     if device.type == "cuda":
         # Fixed shapes for the whole run, so letting cuDNN pick the fastest kernels pays off.
         torch.backends.cudnn.benchmark = True
-    net = net.eval().requires_grad_(False).to(device)
-    return EDMDenoiser(
-        net, path.stem, precision=precision, dtype=dtype, sigma_min=sigma_min, sigma_max=sigma_max
-    )
+    return net.eval().requires_grad_(False).to(device)
 
 
 def _check_precision(precision: str) -> None:

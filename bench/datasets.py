@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from bench.analytic import ANALYTIC_SPECS
 from bench.dataset_spec import DatasetSpec
-from bench.edm import EDM_SPECS
+from bench.edm import CM_SPECS, EDM_SPECS
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -28,5 +28,5 @@ def get_dataset(name: str) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(_REGISTRY)}") from None
 
 
-for _spec in (*ANALYTIC_SPECS, *EDM_SPECS):
+for _spec in (*ANALYTIC_SPECS, *EDM_SPECS, *CM_SPECS):
     register(_spec)

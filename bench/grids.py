@@ -35,11 +35,12 @@ Schema (every table and key below is optional unless marked required; unknown ke
     [datasets.<name>]                     # per-dataset overrides
     num_samples = 2000
     batch_size = 250
+    nfe = [5, 10]                         # this dataset's NFE list instead of [grid] nfe
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
     trajectories = 500
 
 Command-line options (--datasets, --solvers, --nfe, --pas, --num-samples, --batch-size, --dtype,
---precision) override the file; see bench.plan for how a grid becomes cells. Every table is checked
+--precision) override the file, per-dataset values included; see bench.plan for how a grid becomes cells. Every table is checked
 before anything runs, also those of datasets, solvers or PAS settings a command line leaves out,
 and every cell needs at least 2 samples (FD and FID estimate a covariance).
 """
@@ -58,7 +59,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _GRID_KEYS = {"name", "description", "datasets", "solvers", "nfe", "pas", "num_samples",
               "batch_size", "dtype", "precision", "rmse_samples"}
-_DATASET_KEYS = {"num_samples", "batch_size", "pas"}
+_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "pas"}
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
         for key in ("num_samples", "batch_size"):
             if key in table:
                 check.positive_int(table[key], f"[datasets.{name}] {key}")
+        if "nfe" in table:
+            check.ints(table["nfe"], f"[datasets.{name}] nfe")
         check.table(table.get("pas", {}), f"[datasets.{name}.pas]")
     return Grid(
         name=str(grid.get("name", default_name)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,7 @@ from solvers import REGISTRY, schedule_names
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
 REFERENCE_SOLVER, REFERENCE_NFE, REFERENCE_SCHEDULE = "heun", 200, "polynomial"
 PREVIEW_COUNT = 64
+_DTYPE_BYTES = {"float32": 4, "float64": 8}
 # pas.fit keywords that change where, in what chunks or how visibly it runs, never what it fits
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
@@ -236,7 +238,6 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     # dict.fromkeys: drop repeated names, keep their order.
     datasets = list(dict.fromkeys(overrides.datasets or grid.datasets))
     solvers = list(dict.fromkeys(overrides.solvers or grid.solvers))
-    nfes = list(dict.fromkeys(overrides.nfe or grid.nfe))
     mode = overrides.pas or grid.pas
     pas_flags = {"off": [False], "on": [True], "both": [False, True]}[mode]
     dtype = overrides.dtype or grid.dtype
@@ -258,9 +259,10 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                  else spec.model_url or f"analytic:{spec.name}")
         metric = _metric_identity(spec, overrides)
         pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
+        nfes = overrides.nfe or grid.dataset_overrides.get(spec.name, {}).get("nfe") or grid.nfe
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)
-            for nfe in nfes:
+            for nfe in dict.fromkeys(nfes):
                 steps = _steps(solver, nfe, options)
                 for use_pas in pas_flags:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
@@ -341,8 +343,13 @@ def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
             denoiser, requests, seeds=seeds, teacher=settings["teacher"],
             dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
         steps = 0 if stored else len(pas.shared_grid(requests)) - 1
+        state = math.prod(spec.shape) * _DTYPE_BYTES[key[1]] * len(seeds)
+        times = {t for r in requests for t in r.times.tolist()}
         costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
-                      "seeds": len(seeds), "evaluations": 2 * steps * len(seeds)})
+                      "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
+                      # Kept in the cache: every needed time; in memory during a fit: its times.
+                      "stored_bytes": 0 if stored else len(times) * state,
+                      "fit_bytes": max(len(r.times) for r in requests) * state})
     return costs
 
 
@@ -419,8 +426,10 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     lines.extend(
         f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
         + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "
-           f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations"
+           f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations, "
+           f"{cost['stored_bytes'] / 2**30:,.1f} GiB of states in the cache"
            if cost["grid_steps"] else "already in the cache")
+        + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teacher_cost(todo, cache_dir))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from bench.results import PROVENANCE_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,3 +65,17 @@ def measured(row: dict) -> dict:
 
 def by_hash(rows: list[dict]) -> dict[str, dict]:
     return {row["config_hash"]: measured(row) for row in rows}
+
+
+def local_fid_files(folder: Path) -> tuple[Path, Path]:
+    """(Inception weights, reference statistics) written to ``folder`` for offline FID runs:
+    seeded random Inception weights and made-up statistics (a covariance of rank 16)."""
+    from bench.inception import FEATURE_DIM, load_inception  # lazy: torchvision takes a second
+
+    weights = folder / "inception.pt"
+    torch.save(load_inception(random_weights=True).state_dict(), weights)
+    rng = np.random.default_rng(0)
+    factor = rng.normal(size=(FEATURE_DIM, 16)) * 0.1
+    ref = folder / "ref.npz"
+    np.savez(ref, mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
+    return weights, ref

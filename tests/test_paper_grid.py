@@ -1,6 +1,7 @@
-"""The paper grid: 120 cells in the published settings, planned without downloading anything."""
+"""The paper grid: 152 cells in the published settings, planned without downloading anything."""
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -9,9 +10,15 @@ from bench.datasets import get_dataset
 from bench.grids import load_grid
 from bench.plan import build_plan
 
-DATASETS = ["cifar10", "ffhq", "imagenet64"]
+DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 SOLVERS = ["ddim", "ipndm", "dpmpp", "unipc"]
-NFES = [4, 5, 6, 8, 10]
+NFES = {name: [4, 5, 6, 8, 10] for name in DATASETS} | {"lsun_bedroom": [5, 6, 8, 10]}
+# (dataset, solver, nfe, pas) of every cell: 3 x 4 x 5 x 2 + 4 x 4 x 2 for LSUN Bedroom.
+CELLS = {
+    (dataset, solver, nfe, pas)
+    for dataset in DATASETS
+    for solver, nfe, pas in itertools.product(SOLVERS, NFES[dataset], ["off", "on"])
+}
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
     "teacher": "heun",
@@ -38,7 +45,7 @@ REFERENCE = {
 }
 
 
-def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -56,8 +63,15 @@ def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
         words = line.split()
         if len(words) > 4 and words[0].isdigit() and words[1] in DATASETS:
             rows.add((words[1], words[2], int(words[3]), words[4]))
-    expected = set(itertools.product(DATASETS, SOLVERS, NFES, ["off", "on"]))
-    assert rows == expected and len(rows) == 120
+    assert rows == CELLS and len(rows) == 152
+    # One teacher solve per dataset serves its 4 solvers x its NFEs; a fit holds the states of
+    # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
+    for name in DATASETS:
+        fits = len(SOLVERS) * len(NFES[name])
+        held = 11 * 5500 * math.prod(get_dataset(name).shape) * 4 / 2**30
+        line = next(x for x in done.stdout.splitlines() if x.startswith(f"PAS teacher for {name}:"))
+        assert f"one solve for {fits} fit(s)" in line and "x 5,500 seeds" in line
+        assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
@@ -65,7 +79,8 @@ def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
-    assert len(cells) == 120
+    assert {(c.dataset, c.solver, c.nfe, "on" if c.pas else "off") for c in cells} == CELLS
+    assert len(cells) == 152
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule

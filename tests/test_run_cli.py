@@ -90,6 +90,8 @@ BAD_GRIDS = [
      "[datasets.digits.pas] PAS setting 'epoch' is unknown"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[solver_options.dpmpp]\nordr = 2",
      "dpmpp does not take option 'ordr'"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nnfe = [0]",
+     "[datasets.gmm2d] nfe"),
 ]
 
 
