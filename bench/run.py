@@ -42,6 +42,7 @@ from bench.plan import (
     Cell,
     Overrides,
     build_plan,
+    canonical_hash,
     describe_plan,
     select_shard,
 )
@@ -146,16 +147,18 @@ class Runner:
         self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._artifacts: dict[str, Any] = {}
         self._inception: Any = None
+        self._clip: Any = None
         self._latent_store: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # ----- what cells share -------------------------------------------------------------------
     def denoiser(self, cell: Cell) -> Any:
-        """The cell's denoiser, built once per (dataset, dtype, precision)."""
-        key = (cell.dataset, cell.dtype, cell.precision)
+        """The cell's denoiser, built once per (dataset, dtype, precision, text conditioning)."""
+        key = (cell.dataset, cell.dtype, cell.precision, canonical_hash(cell.conditioning or {}))
         if key not in self._denoisers:
             spec = get_dataset(cell.dataset)
             extra = ({"model_path": self.args.model_path, "precision": cell.precision,
-                      "cache_dir": self.cache_dir} if spec.model_url else {})
+                      "cache_dir": self.cache_dir, "conditioning": cell.conditioning}
+                     if spec.model_url else {})
             self._denoisers[key] = spec.build(device=self.device, dtype=DTYPES[cell.dtype], **extra)
         return self._denoisers[key]
 
@@ -167,6 +170,22 @@ class Runner:
             else:
                 self._metrics[spec.name] = self._fid_metric(spec)
         return self._metrics[spec.name]
+
+    def accumulator(self, cell: Cell) -> Any:
+        """The cell's streaming metric: FD/FID, plus CLIP score for text-to-image datasets."""
+        spec = get_dataset(cell.dataset)
+        features, reference = self.metric(spec)
+        if cell.conditioning is None:
+            return FrechetAccumulator(features, reference, device=self.device)
+        from bench.clip_score import load_clip_score
+        from bench.text_image_metrics import TextImageAccumulator
+
+        if self._clip is None:
+            self._clip = load_clip_score(self.args.clip_model, device=self.device,
+                                         cache_dir=self.cache_dir)
+        self._clip.reset()
+        return TextImageAccumulator(self.denoiser(cell), features, reference, self._clip,
+                                    device=self.device)
 
     def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
         from bench import edm, inception
@@ -202,8 +221,11 @@ class Runner:
         return self._artifacts[cell.pas_key]
 
     def _fit(self, cell: Cell) -> Any:
+        denoiser = self.denoiser(cell)
+        # Text-to-image models fit on their teacher captions, disjoint from the evaluation ones.
+        teacher = getattr(denoiser, "teacher_view", None)
         try:
-            return pas.fit(self.denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
+            return pas.fit(teacher() if teacher else denoiser, cell.solver, cell.nfe, schedule=cell.schedule,
                            cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
                            dataset=cell.dataset, batch_size=cell.batch_size,
                            progress=self.progress, **cell.pas_settings, **cell.options)
@@ -226,12 +248,11 @@ class Runner:
         key = (cell.dataset, cell.dtype, seeds.start, seeds.stop)
         if key in self._latent_store:
             return tuple(t if t is None else t.to(self.device) for t in self._latent_store[key])
-        drawn = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=DTYPES[cell.dtype],
-                                          device="cpu", label_dim=denoiser.label_dim)
+        drawn = _draw(denoiser, seeds, DTYPES[cell.dtype])
         if any(other[:2] != key[:2] for other in self._latent_store):
             self._latent_store.clear()
         stored = sum(t.nbytes for pair in self._latent_store.values() for t in pair if t is not None)
-        if stored + drawn[0].nbytes <= LATENT_STORE_BYTES:
+        if stored + sum(t.nbytes for t in drawn if t is not None) <= LATENT_STORE_BYTES:
             self._latent_store[key] = drawn
         return tuple(t if t is None else t.to(self.device) for t in drawn)
 
@@ -273,7 +294,7 @@ class Runner:
             samples = self._batch(cell, start, correction)
             _sync(self.device)
             sampled = time.perf_counter()
-            accumulator.update(samples)
+            accumulator.update(samples, start[1])
             _sync(self.device)
             scored = time.perf_counter()
             sample_s += sampled - began
@@ -304,17 +325,19 @@ class Runner:
 
     def run_cell(self, cell: Cell) -> dict | None:
         """Run one cell on every rank; rank 0 returns its row (others None)."""
-        spec = get_dataset(cell.dataset)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        if cell.conditioning is not None:
+            self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)
+        # The metric first: a missing reference file stops the cell before any sampling or fit.
+        accumulator = self.accumulator(cell)
         artifact = self.artifact(cell) if cell.pas else None
         correction = artifact.correction() if artifact is not None else None
-        features, reference = self.metric(spec)
-        accumulator = FrechetAccumulator(features, reference, device=self.device)
         sample_s, metric_s = self._stream(cell, correction, accumulator)
         began = time.perf_counter()
-        distributed.sum_across(self.world, accumulator.moments.sums())
+        distributed.sum_across(self.world, accumulator.sums())
         value = accumulator.compute() if self.world.is_main else float("nan")
+        extra = accumulator.extra_fields() if self.world.is_main else {}
         metric_s += time.perf_counter() - began
         sample_s = distributed.max_across(self.world, sample_s, self.device)
         metric_s = distributed.max_across(self.world, metric_s, self.device)
@@ -322,10 +345,10 @@ class Runner:
         if not self.world.is_main:
             return None
         preview, error = self._preview(cell, correction)
-        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview)
+        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview, extra)
 
     def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, sample_s: float,
-             metric_s: float, peak: float, preview: str) -> dict:
+             metric_s: float, peak: float, preview: str, extra: dict) -> dict:
         fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None}
         if artifact is not None:
             fit = {"pas_params": artifact.n_params, "pas_steps": sorted(artifact.corrected),
@@ -333,7 +356,9 @@ class Runner:
         return {
             "run_id": self.run_file.run_id, "created_at": utc_now(), **self.fixed,
             "grid": self.grid_name, "dataset": cell.dataset, "solver": cell.solver,
-            "nfe": cell.nfe, "schedule": cell.schedule, "order": cell.options.get("order"),
+            "nfe": cell.nfe,
+            "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
+            "clip_score": extra.get("clip_score"), "schedule": cell.schedule, "order": cell.options.get("order"),
             "options": cell.options, "pas": cell.pas, **fit, "pas_settings": cell.pas_settings,
             "num_samples": cell.num_samples, "seeds": cell.seeds, "batch_size": cell.batch_size,
             "world_size": self.world.world_size, "dtype": cell.dtype, "precision": cell.precision,
@@ -355,6 +380,15 @@ class Runner:
         return rows
 
 
+def _draw(denoiser: Any, seeds: range, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents of ``seeds`` and their labels: drawn per seed, or the denoiser's own per-seed
+    conditioning (a text-to-image model's prompt for each seed) when it has one."""
+    per_seed = getattr(denoiser, "labels_for_seeds", None)
+    latents, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=dtype, device="cpu",
+                                                label_dim=0 if per_seed else denoiser.label_dim)
+    return latents, per_seed(seeds, dtype=dtype) if per_seed else labels
+
+
 def summary(rows: list[dict], skipped: int) -> str:
     """A plain-text table of the rows this run wrote."""
     table = [[r["dataset"], r["solver"], r["nfe"], "yes" if r["pas"] else "no", r["metric"],
@@ -370,7 +404,8 @@ def _overrides(args: Namespace) -> Overrides:
         datasets=args.datasets, solvers=args.solvers, nfe=args.nfe, pas=args.pas,
         num_samples=args.num_samples, batch_size=args.batch_size, dtype=args.dtype,
         precision=args.precision, model_path=args.model_path, ref_stats=args.ref_stats,
-        inception_weights=args.inception_weights,
+        inception_weights=args.inception_weights, guidance=args.guidance, prompt=args.prompt,
+        captions=args.captions, clip_model=args.clip_model,
     )
 
 
