@@ -1,4 +1,5 @@
-"""The paper grid: 120 cells in the published settings, planned without downloading anything."""
+"""The paper grid: 120 EDM cells and 32 Stable Diffusion cells in the published settings, planned
+without downloading anything."""
 
 import itertools
 import os
@@ -12,6 +13,7 @@ from bench.plan import build_plan
 DATASETS = ["cifar10", "ffhq", "imagenet64"]
 SOLVERS = ["ddim", "ipndm", "dpmpp", "unipc"]
 NFES = [4, 5, 6, 8, 10]
+SD_NFES = [5, 6, 8, 10]
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
     "teacher": "heun",
@@ -30,15 +32,12 @@ PAPER_PAS = {
 REFERENCE = {
     "ddim": ("polynomial", {"rho": 7.0}),
     "ipndm": ("polynomial", {"rho": 7.0, "order": 4}),
-    "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True, "thresholding": True}),
-    "unipc": (
-        "logsnr",
-        {"order": 3, "variant": "bh2", "lower_order_final": True, "thresholding": True},
-    ),
+    "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True}),
+    "unipc": ("logsnr", {"order": 3, "variant": "bh2", "lower_order_final": True}),
 }
 
 
-def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -54,24 +53,34 @@ def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
     rows = set()
     for line in done.stdout.splitlines():
         words = line.split()
-        if len(words) > 4 and words[0].isdigit() and words[1] in DATASETS:
+        if len(words) > 4 and words[0].isdigit():
             rows.add((words[1], words[2], int(words[3]), words[4]))
     expected = set(itertools.product(DATASETS, SOLVERS, NFES, ["off", "on"]))
-    assert rows == expected and len(rows) == 120
+    expected |= set(itertools.product(["ms_coco"], SOLVERS, SD_NFES, ["off", "on"]))
+    assert rows == expected and len(rows) == 152
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
+    assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
+    assert "MS-COCO_val2014_30k_captions.csv" in done.stdout
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
 
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
-    assert len(cells) == 120
+    assert len(cells) == 152
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule
         assert {key: cell.options[key] for key in options} == options
         assert not cell.options["afs"] and not cell.options["denoise_to_zero"]
-        assert cell.num_samples == 50_000 and cell.metric == "fid"
+        assert cell.metric == "fid"
+        if "thresholding" in cell.options:  # pixels in [-1, 1] yes, SD latents no
+            assert cell.options["thresholding"] == (cell.dataset != "ms_coco")
+        if cell.dataset == "ms_coco":
+            assert cell.num_samples == 10_000 and cell.batch_size == 6
+            assert cell.conditioning["guidance"] == 7.5 and cell.nfe in SD_NFES
+        else:
+            assert cell.num_samples == 50_000 and cell.conditioning is None
         assert cell.batch_size == get_dataset(cell.dataset).default_batch_size
         if cell.pas:
             assert {key: cell.pas_settings[key] for key in PAPER_PAS} == PAPER_PAS
