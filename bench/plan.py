@@ -312,6 +312,17 @@ def _conditioning_identity(conditioning: dict[str, Any]) -> dict[str, Any]:
     return {**conditioning, "captions": captions and file_identity(captions)}
 
 
+def check_references(cells: list[Cell], overrides: Overrides) -> None:
+    """``UserError`` before anything runs when an FID dataset has no reference statistics (no
+    published file to download, e.g. ms_coco, and no --ref-stats)."""
+    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid"
+                      and not (overrides.ref_stats or get_dataset(cell.dataset).ref_stats_url)})
+    if missing:
+        raise UserError(f"{', '.join(missing)}: no published FID reference statistics to download; "
+                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.fid_ref "
+                        "makes one from an image folder)")
+
+
 def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
     """Cells j with j mod N == i for ``shard = (i, N)``."""
     index, count = shard

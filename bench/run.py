@@ -43,6 +43,7 @@ from bench.plan import (
     Overrides,
     build_plan,
     canonical_hash,
+    check_references,
     describe_plan,
     select_shard,
 )
@@ -430,6 +431,7 @@ def execute(args: Namespace) -> int:
         if world.is_main:
             print(describe_plan(cells, todo, _overrides(args), cache_dir))
         return 0
+    check_references(todo, _overrides(args))
     device = resolve_device(args.device, world)
     world = distributed.init_world(device)
     try:

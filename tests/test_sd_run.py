@@ -125,3 +125,9 @@ def test_too_few_captions_stop_the_plan(files, tmp_path, capsys, count, pas, nee
     captions = write_captions(tmp_path / "few.csv", count)
     _fails(capsys, _argv(files, tmp_path, "--pas", pas, "--captions", str(captions)), tmp_path,
            needle)
+
+
+def test_no_reference_statistics_stop_before_any_work(files, tmp_path, capsys):
+    argv = _argv(files, tmp_path, "--pas", "off")
+    at = argv.index("--ref-stats")
+    _fails(capsys, argv[:at] + argv[at + 2:], tmp_path, "ms_coco", "--ref-stats")
