@@ -29,12 +29,12 @@ from bench.errors import UserError
 # The row schema (architecture.md, Results store); the report and bench.compare read these keys.
 ROW_KEYS = (
     "run_id", "created_at", "git_sha", "git_dirty", "host", "device", "torch_version",
-    "package_version", "grid", "dataset", "solver", "nfe", "unet_evals", "schedule", "order",
-    "options", "pas",
+    "package_version", "grid", "dataset", "solver", "nfe", "schedule", "order", "options", "pas",
     "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_settings", "num_samples", "seeds",
-    "batch_size", "world_size", "dtype", "precision", "metric", "value", "clip_score",
-    "rmse_to_teacher",
+    "batch_size", "world_size", "dtype", "precision", "metric", "value", "rmse_to_teacher",
     "sample_s", "s_per_sample", "metric_s", "peak_mem_mb", "preview", "config_hash",
+    # Network calls per sample (unet_evals = 2 x nfe under guidance) and text-to-image fields.
+    "unet_evals", "clip_score", "conditioning",
 )
 # Keys that describe when/where/how fast a row was produced rather than what it measured.
 PROVENANCE_KEYS = (

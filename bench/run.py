@@ -313,7 +313,10 @@ class Runner:
         planar = tuple(self.denoiser(cell).shape) == (2,)
         count = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
         samples, trajectory = self._solve(cell, range(count), correction, trajectory=planar)
-        arrays = {"samples": samples[:PREVIEW_COUNT].float().numpy()}
+        # Latent models store small decoded images instead (what the report's sample grids show).
+        thumbnails = getattr(self.denoiser(cell), "thumbnails", None)
+        shown = samples[:PREVIEW_COUNT]
+        arrays = {"samples": (thumbnails(shown, cell.batch_size) if thumbnails else shown).float().numpy()}
         error = None
         if planar or cell.rmse_samples:
             teacher_final, teacher_states = self.reference_solve(cell, count)
@@ -357,9 +360,7 @@ class Runner:
         return {
             "run_id": self.run_file.run_id, "created_at": utc_now(), **self.fixed,
             "grid": self.grid_name, "dataset": cell.dataset, "solver": cell.solver,
-            "nfe": cell.nfe,
-            "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
-            "clip_score": extra.get("clip_score"), "schedule": cell.schedule, "order": cell.options.get("order"),
+            "nfe": cell.nfe, "schedule": cell.schedule, "order": cell.options.get("order"),
             "options": cell.options, "pas": cell.pas, **fit, "pas_settings": cell.pas_settings,
             "num_samples": cell.num_samples, "seeds": cell.seeds, "batch_size": cell.batch_size,
             "world_size": self.world.world_size, "dtype": cell.dtype, "precision": cell.precision,
@@ -367,6 +368,9 @@ class Runner:
             "sample_s": sample_s, "s_per_sample": sample_s / cell.num_samples,
             "metric_s": metric_s, "peak_mem_mb": peak, "preview": preview,
             "config_hash": cell.config_hash,
+            # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
+            "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
+            "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
         }
 
     def run(self, cells: list[Cell]) -> list[dict]:

@@ -44,6 +44,8 @@ HUB_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*", "text_encode
              "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
              "vae/diffusion_pytorch_model.safetensors"]
 _PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Side of the decoded images kept in a cell's preview (a 512-px image per seed would be 3 MB).
+THUMBNAIL = 64
 
 
 def require_extra() -> None:
@@ -284,6 +286,12 @@ class SDDenoiser:
             z = latents.to(self.device, vae.dtype) / vae.config.scaling_factor
             images = vae.decode(z).sample
         return images.float().clamp(-1, 1)
+
+    def thumbnails(self, latents: Tensor, batch_size: int) -> Tensor:
+        """Decoded images shrunk to THUMBNAIL px (area average), decoded ``batch_size`` at a time."""
+        return torch.cat([
+            torch.nn.functional.interpolate(self.decode(part), size=THUMBNAIL, mode="area").cpu()
+            for part in latents.split(batch_size)])
 
 
 def sigma_range(alphas_cumprod: Tensor) -> tuple[float, float]:

@@ -84,6 +84,11 @@ def test_two_cell_grid_with_pas_runs_scores_and_resumes(files, tmp_path, capsys,
         assert 0 <= row["clip_score"] <= 100 and row["clip_score"] > 0
         assert row["nfe"] == 4 and row["unet_evals"] == 8  # guided: one 2B UNet call per step
     assert rows[1]["pas_params"] is not None and rows[1]["pas_params"] > 0
+    assert rows[0]["conditioning"] == {"guidance": 7.5, "prompt": None,
+                                       "captions": str(files["captions"])}
+    with np.load(tmp_path / "out" / rows[0]["preview"]) as preview:
+        assert preview["samples"].shape == (6, 3, 64, 64)  # decoded thumbnails, not latents
+        assert -1 <= preview["samples"].min() and preview["samples"].max() <= 1
     artifacts = list((tmp_path / "cache" / "artifacts").glob("*.json"))
     assert len(artifacts) == 1 and f"captions.csv[-{TEACHER_POOL}:]" in artifacts[0].read_text()
 
