@@ -256,13 +256,15 @@ class SDDenoiser:
         unet = self.parts.unet
         cond = self._conditions(class_labels)
         net_dtype = unet.dtype
+        # The UNet embeds timesteps in float32 whatever its weights are (fp16 would round t to
+        # 0.5 near t = 1000), so they go in as float32.
+        t = t.to(x_in.device, torch.float32)
         if not self.guided:
-            out = unet(x_in.to(net_dtype), t.to(x_in.device, net_dtype),
-                       encoder_hidden_states=cond).sample
+            out = unet(x_in.to(net_dtype), t, encoder_hidden_states=cond).sample
             return out.to(x_in.dtype)
         batch = x_in.shape[0]
         text = torch.cat([self._unconditional().expand(batch, -1, -1), cond])
-        both = unet(torch.cat([x_in, x_in]).to(net_dtype), t.repeat(2).to(x_in.device, net_dtype),
+        both = unet(torch.cat([x_in, x_in]).to(net_dtype), t.repeat(2),
                     encoder_hidden_states=text).sample.to(x_in.dtype)
         eps_u, eps_c = both.chunk(2)
         return eps_u + self.guidance * (eps_c - eps_u)

@@ -115,3 +115,19 @@ def test_guidance_is_one_batched_call_per_step_and_equals_two_calls(folder):
     two_calls = d_uncond + 7.5 * (d_cond - d_uncond)
     assert torch.allclose(d_guided, two_calls, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(d_cond, d_uncond, rtol=1e-3)  # the prompt does change the output
+
+
+def test_half_precision_runs_the_networks_only(folder):
+    """bf16 (fp16 needs a GPU) weights, float32 solver states, close to the float32 result."""
+    prompts = read_captions(folder.parent / "captions.csv")
+    results = {}
+    for precision in ("fp32", "bf16"):
+        parts = load_sd(folder, precision=precision, cache_dir=folder.parent / "cache")
+        den = SDDenoiser(parts, prompts, guidance=7.5)
+        latents, _ = solvers.latents_for_seeds(SEEDS, den.shape)
+        results[precision] = solvers.sample(den, latents, "ddim", 5,
+                                            class_labels=den.labels_for_seeds(SEEDS))
+        assert parts.unet.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        assert den.decode(results[precision]).dtype == torch.float32
+    assert results["bf16"].dtype == torch.float32
+    assert 0 < _relative(results["bf16"], results["fp32"]) < 0.05
