@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -52,6 +53,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench.run", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="local FID reference statistics (.npz with mu, sigma) for the checkpoint dataset")
     add("--inception-weights", metavar="PATH",
         help="local pytorch-fid Inception weights instead of downloading them")
-    add("--guidance", type=float, metavar="W",
+    add("--guidance", type=_finite, metavar="W",
         help="text-to-image (ms_coco): classifier-free guidance scale (default 7.5; 1 = none)")
     add("--prompt", metavar="TEXT",
         help="text-to-image: sample this one prompt for every seed (a quick look)")
