@@ -28,7 +28,7 @@ def clip_folder(source: str | None, cache_dir: Path | str) -> Path:
     """A local CLIP folder, or a Hub id (default: LAION's ViT-g/14) fetched into the cache."""
     if source is not None and Path(source).is_dir():
         return Path(source)
-    return hub_snapshot(source or CLIP_MODEL_ID, cache_dir, HUB_FILES)
+    return hub_snapshot(source or CLIP_MODEL_ID, cache_dir, HUB_FILES, option="--clip-model")
 
 
 class CLIPScore:

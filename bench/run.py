@@ -109,14 +109,19 @@ def _ahead(function: Callable, items: list, enabled: bool) -> Iterator[tuple[Any
 
 
 class ImageSink:
-    """Writes every sample of a cell for --save-images: PNGs for [C, H, W] images, else .npy batches."""
+    """Writes every sample of a cell for --save-images: PNGs for [C, H, W] images (latent models'
+    samples decoded first), else .npy batches."""
 
-    def __init__(self, folder: Path, cell: Cell, shape: tuple[int, ...]) -> None:
+    def __init__(self, folder: Path, cell: Cell, denoiser: Any) -> None:
         self.folder = folder / cell.config_hash
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.as_png = len(shape) == 3 and shape[0] in (1, 3)
+        self.decode = getattr(denoiser, "decode", None)
+        shape = denoiser.shape
+        self.as_png = self.decode is not None or (len(shape) == 3 and shape[0] in (1, 3))
 
     def write(self, seeds: range, samples: torch.Tensor) -> None:
+        if self.decode is not None:
+            samples = self.decode(samples)
         if not self.as_png:
             np.save(self.folder / f"{seeds.start:06d}-{seeds.stop - 1:06d}.npy", samples.cpu().numpy())
             return
@@ -284,7 +289,7 @@ class Runner:
     def _stream(self, cell: Cell, correction: Any, accumulator: FrechetAccumulator) -> tuple[float, float]:
         """Sample this rank's seeds batch by batch into the accumulator; (sample_s, metric_s)."""
         batches = _batches(distributed.seed_range(cell.num_samples, self.world), cell.batch_size)
-        sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell).shape)
+        sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell))
                 if self.args.save_images else None)
         sample_s = metric_s = 0.0
         label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}{' pas' if cell.pas else ''}"

@@ -67,10 +67,12 @@ def hub_cache(cache_dir: Path | str) -> Path:
     return Path(cache_dir) / "huggingface"
 
 
-def hub_snapshot(repo_id: str, cache_dir: Path | str, patterns: list[str] | None = None) -> Path:
+def hub_snapshot(repo_id: str, cache_dir: Path | str, patterns: list[str] | None = None,
+                 option: str = "--model-path") -> Path:
     """A Hub repository's files in the pasbench cache (downloaded on first use, with progress
     bars; huggingface_hub writes each file under a temporary name and renames it when complete).
-    Offline, or with PASBENCH_OFFLINE=1, a missing snapshot fails at once and says what to do."""
+    Offline, or with PASBENCH_OFFLINE=1, a missing snapshot fails at once and says what to do
+    (``option`` names the command-line option that takes a local folder instead)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -81,8 +83,8 @@ def hub_snapshot(repo_id: str, cache_dir: Path | str, patterns: list[str] | None
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         reason = f"{OFFLINE_ENV} is set" if offline() else str(err).splitlines()[0]
         raise UserError(f"cannot get {repo_id} from the Hugging Face Hub ({reason}); run once "
-                        f"online to cache it under {where}, or pass a local diffusers folder "
-                        "with --model-path") from None
+                        f"online to cache it under {where}, or pass a local folder with "
+                        f"{option}") from None
 
 
 @dataclass(frozen=True)

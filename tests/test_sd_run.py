@@ -74,9 +74,11 @@ def test_two_cell_grid_with_pas_runs_scores_and_resumes(files, tmp_path, capsys,
     assert len(read_rows(tmp_path / "out")) == 1
     monkeypatch.delenv(FAULT_ENV)
 
-    assert main(argv) == 0
+    assert main([*argv, "--save-images", str(tmp_path / "images")]) == 0
     assert "1 cell(s) skipped" in capsys.readouterr().out
     rows = read_rows(tmp_path / "out")
+    saved = sorted((tmp_path / "images" / rows[1]["config_hash"]).iterdir())
+    assert [path.name for path in saved] == [f"{n:06d}.png" for n in range(6)]  # decoded images
     assert [row["pas"] for row in rows] == [False, True]
     for row in rows:
         assert row["dataset"] == "ms_coco" and row["metric"] == "fid"
