@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -59,6 +60,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench.run", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,11 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save-images", metavar="DIR",
         help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")
     add("--model-path", metavar="PATH",
-        help="local checkpoint file for the (single) checkpoint dataset instead of its URL")
+        help="local checkpoint for the (single) checkpoint dataset instead of its URL: a file, "
+             "or for ms_coco a diffusers folder, a single .ckpt/.safetensors file or its URL")
     add("--ref-stats", metavar="PATH",
         help="local FID reference statistics (.npz with mu, sigma) for the checkpoint dataset")
     add("--inception-weights", metavar="PATH",
         help="local pytorch-fid Inception weights instead of downloading them")
+    add("--guidance", type=_finite, metavar="W",
+        help="text-to-image (ms_coco): classifier-free guidance scale (default 7.5; 1 = none)")
+    add("--prompt", metavar="TEXT",
+        help="text-to-image: sample this one prompt for every seed (a quick look)")
+    add("--captions", metavar="CSV",
+        help="text-to-image: prompts CSV with a 'caption' column, caption n for seed n "
+             "(default: MS-COCO val2014's 30k captions, downloaded)")
+    add("--clip-model", metavar="PATH|HUB_ID",
+        help="text-to-image: CLIP model folder or Hub id for the CLIP score "
+             "(default: laion/CLIP-ViT-g-14-laion2B-s12B-b42K)")
     return parser
 
 

@@ -25,3 +25,7 @@ class DatasetSpec:
     exact_stats: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     model_url: str | None = None
     ref_stats_url: str | None = None
+    # Text-to-image datasets: default classifier-free guidance scale (None: not text-conditioned).
+    guidance: float | None = None
+    # (spec, model_path, ref_stats, cache_dir, **kw) -> [(source, path, present)]; None: EDM's.
+    downloads: Callable[..., list] | None = field(default=None, repr=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from bench.analytic import ANALYTIC_SPECS
 from bench.dataset_spec import DatasetSpec
 from bench.edm import CM_SPECS, EDM_SPECS
+from bench.ms_coco import MS_COCO
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -28,5 +29,5 @@ def get_dataset(name: str) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(_REGISTRY)}") from None
 
 
-for _spec in (*ANALYTIC_SPECS, *EDM_SPECS, *CM_SPECS):
+for _spec in (*ANALYTIC_SPECS, *EDM_SPECS, *CM_SPECS, MS_COCO):
     register(_spec)

@@ -40,21 +40,34 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, crop: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            rgb = img.convert("RGB")
+            return np.asarray(center_crop(rgb, crop) if crop else rgb, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
 
 
-def _batches(files: Sequence[Path], batch_size: int) -> Iterator[torch.Tensor]:
-    """Stacks of 8-bit images ``[B, 3, H, W]``; every image must have the first one's size."""
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``size`` x ``size`` (bicubic): how
+    photos of any shape (e.g. COCO val2014) become the square images a model generates."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _batches(files: Sequence[Path], batch_size: int,
+             crop: int | None = None) -> Iterator[torch.Tensor]:
+    """Stacks of 8-bit images ``[B, 3, H, W]``; every image must have the first one's size
+    (``crop``: each is first centre-cropped and resized to crop x crop)."""
     size = None
     for start in range(0, len(files), batch_size):
         arrays = []
         for path in files[start : start + batch_size]:
-            array = _read(path)
+            array = _read(path, crop)
             size = size or array.shape
             if array.shape != size:
                 height, width = array.shape[:2]
@@ -64,19 +77,19 @@ def _batches(files: Sequence[Path], batch_size: int) -> Iterator[torch.Tensor]:
 
 
 def folder_stats(
-    model: torch.nn.Module, folder: Path | str, batch_size: int = 64
+    model: torch.nn.Module, folder: Path | str, batch_size: int = 64, crop: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the Inception pool features of every image under ``folder``."""
-    return files_stats(model, image_files(Path(folder)), batch_size)
+    return files_stats(model, image_files(Path(folder)), batch_size, crop)
 
 
 def files_stats(
-    model: torch.nn.Module, files: Sequence[Path], batch_size: int = 64
+    model: torch.nn.Module, files: Sequence[Path], batch_size: int = 64, crop: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the Inception pool features of the images ``files``."""
     moments = None
     with tqdm(total=len(files), unit="img", desc="inception", disable=None) as bar:
-        for pixels in _batches(files, batch_size):
+        for pixels in _batches(files, batch_size, crop):
             features = uint8_features(model, pixels)
             if moments is None:
                 # Centring at the first batch's mean keeps the float64 sums free of cancellation.
@@ -121,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=64, help="images per Inception batch (default 64)"
     )
     parser.add_argument(
+        "--center-crop",
+        type=int,
+        metavar="SIZE",
+        help="centre-crop each image to its largest square and resize it to SIZE x SIZE "
+        "(bicubic) first, e.g. 512 for MS-COCO photos against Stable Diffusion's images",
+    )
+    parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
     )
     parser.add_argument(
@@ -138,10 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+        if args.center_crop is not None and args.center_crop < 1:
+            raise UserError(f"--center-crop must be positive, got {args.center_crop}")
         device = _device(args.device)
         files = image_files(args.images)  # check the input before loading the network
         model = load_inception(args.inception_weights, device=device)
-        mu, sigma = files_stats(model, files, args.batch_size)
+        mu, sigma = files_stats(model, files, args.batch_size, args.center_crop)
         save_stats(args.out, mu, sigma)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -35,7 +35,9 @@ Schema (every table and key below is optional unless marked required; unknown ke
     [datasets.<name>]                     # per-dataset overrides
     num_samples = 2000
     batch_size = 250
-    nfe = [5, 10]                         # this dataset's NFE list instead of [grid] nfe
+    nfe = [5, 10]                         #   this dataset's NFE list instead of [grid] nfe
+    guidance = 7.5                        #   text-to-image only: classifier-free guidance scale
+    captions = "captions.csv"             #   text-to-image only: prompts CSV (path or URL)
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
     trajectories = 500
 
@@ -59,7 +61,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _GRID_KEYS = {"name", "description", "datasets", "solvers", "nfe", "pas", "num_samples",
               "batch_size", "dtype", "precision", "rmse_samples"}
-_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "pas"}
+_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ class _Checker:
             raise self.fail(f"{where} must be a positive integer, got {value!r}")
         return value
 
+    def number(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"{where} must be a number, got {value!r}")
+        return float(value)
+
     def names(self, value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             raise self.fail(f"{where} must be a non-empty list of names")
@@ -167,7 +174,11 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
             if key in table:
                 check.positive_int(table[key], f"[datasets.{name}] {key}")
         if "nfe" in table:
-            check.ints(table["nfe"], f"[datasets.{name}] nfe")
+            table["nfe"] = list(check.ints(table["nfe"], f"[datasets.{name}] nfe"))
+        if "guidance" in table:
+            check.number(table["guidance"], f"[datasets.{name}] guidance")
+        if "captions" in table and not isinstance(table["captions"], str):
+            raise check.fail(f"[datasets.{name}] captions must be a path or URL string")
         check.table(table.get("pas", {}), f"[datasets.{name}.pas]")
     return Grid(
         name=str(grid.get("name", default_name)),

@@ -122,14 +122,22 @@ class FrechetAccumulator:
         self.reference = reference
         self.moments = MomentAccumulator(reference.dim, shift=reference.mu, device=device)
 
-    def update(self, samples: Tensor) -> None:
-        """Add a batch of samples (any shape ``[B, ...]``)."""
+    def update(self, samples: Tensor, class_labels: Tensor | None = None) -> None:
+        """Add a batch of samples (any shape ``[B, ...]``); labels do not enter the statistics."""
         feats = self.features(samples)
         self.moments.update(feats.reshape(feats.shape[0], -1))
+
+    def sums(self) -> list[Tensor]:
+        """The tensors to add across ranks (in place) before :meth:`compute`."""
+        return self.moments.sums()
 
     def compute(self) -> float:
         """Frechet distance of everything added so far to the reference statistics."""
         return self.reference.distance(*self.moments.mean_cov())
+
+    def extra_fields(self) -> dict[str, float]:
+        """Row fields besides the metric's value (none for a plain Frechet distance)."""
+        return {}
 
 
 def rmse(samples: Tensor, targets: Tensor) -> float:

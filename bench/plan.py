@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -54,6 +55,10 @@ class Overrides:
     model_path: str | None = None
     ref_stats: str | None = None
     inception_weights: str | None = None
+    guidance: float | None = None
+    prompt: str | None = None
+    captions: str | None = None
+    clip_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class Cell:
     rmse_samples: int
     config_hash: str
     pas_key: str | None
+    # Text-to-image datasets: guidance scale and prompt source (bench.ms_coco); else None.
+    conditioning: dict[str, Any] | None = None
 
     @property
     def seeds(self) -> str:
@@ -90,18 +97,29 @@ def canonical_hash(payload: dict[str, Any]) -> str:
 
 
 def file_identity(path: str) -> str:
-    """A file's identity for config hashes: a URL as is, a local file by its content hash (not
-    where it lives, so the same file gives the same hash on every machine)."""
+    """A file's identity for config hashes: a URL as is, a local file by its content hash, a
+    folder (e.g. a diffusers model) by the names and contents of its files (not where they live,
+    so the same files give the same hash on every machine)."""
     if urlsplit(path).scheme in ("http", "https"):
         return path
-    file = Path(path)
-    if not file.is_file():
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.relative_to(root).as_posix()}\0{_content_hash(file)}\0".encode())
+        return f"sha256-tree:{digest.hexdigest()}"
+    if not root.is_file():
         raise UserError(f"no such file: {path}")
+    return f"sha256:{_content_hash(root)}"
+
+
+def _content_hash(file: Path) -> str:
     digest = hashlib.sha256()
     with file.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def _solver_spec(name: str):
@@ -179,12 +197,19 @@ def _steps(solver: str, nfe: int, options: dict[str, Any]) -> int:
 def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
     if spec.metric == "fd":
         return {"name": "fd", "reference": "exact"}
-    return {
+    identity = {
         "name": spec.metric,
         "reference": file_identity(overrides.ref_stats) if overrides.ref_stats else spec.ref_stats_url,
         "features": (file_identity(overrides.inception_weights) if overrides.inception_weights
                      else "pytorch-fid"),
     }
+    if spec.guidance is not None:
+        from bench.clip_score import CLIP_MODEL_ID  # lazy: only text-to-image datasets need it
+
+        identity["clip"] = (file_identity(overrides.clip_model)
+                            if overrides.clip_model and Path(overrides.clip_model).is_dir()
+                            else overrides.clip_model or CLIP_MODEL_ID)
+    return identity
 
 
 def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) -> None:
@@ -193,6 +218,15 @@ def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) 
         if value and len(checkpoints) != 1:
             raise UserError(f"{option} needs exactly one checkpoint dataset in the plan, got "
                             f"{', '.join(checkpoints) or 'none'}")
+    text = [spec.name for spec in specs if spec.guidance is not None]
+    for option, value in (("--guidance", overrides.guidance), ("--prompt", overrides.prompt),
+                          ("--captions", overrides.captions),
+                          ("--clip-model", overrides.clip_model)):
+        if value is not None and not text:
+            raise UserError(f"{option} applies to text-to-image datasets (ms_coco) only")
+    if overrides.prompt is not None and overrides.captions is not None:
+        raise UserError("--prompt and --captions exclude each other: one prompt for all seeds, or "
+                        "a caption per seed")
 
 
 def _first_given(*candidates: tuple[str, int | None]) -> tuple[str, int]:
@@ -229,6 +263,21 @@ def _check_grid_tables(grid: Grid, specs: list[DatasetSpec], defaults: dict[str,
             resolve_solver(solver, spec, grid)
 
 
+def _conditioning(grid: Grid, spec: DatasetSpec, overrides: Overrides, num_samples: int,
+                  with_pas: bool) -> dict[str, Any] | None:
+    """A text-to-image dataset's guidance and prompt source, checked against the sample count."""
+    if spec.guidance is None:
+        return None
+    from bench import ms_coco  # lazy: only text-to-image datasets need it
+
+    local = grid.dataset_overrides.get(spec.name, {})
+    guidance = overrides.guidance if overrides.guidance is not None else local.get("guidance")
+    captions = overrides.captions or (None if overrides.prompt else local.get("captions"))
+    conditioning = ms_coco.text_conditioning(guidance, overrides.prompt, captions)
+    ms_coco.check_captions(conditioning, num_samples, with_pas)
+    return conditioning
+
+
 def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     """Every cell of the grid in a fixed order (dataset, solver, NFE, PAS off then on).
 
@@ -259,7 +308,9 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                  else spec.model_url or f"analytic:{spec.name}")
         metric = _metric_identity(spec, overrides)
         pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
-        nfes = overrides.nfe or grid.dataset_overrides.get(spec.name, {}).get("nfe") or grid.nfe
+        conditioning = _conditioning(grid, spec, overrides, num_samples, True in pas_flags)
+        local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
+        nfes = list(dict.fromkeys(overrides.nfe or local_nfe or grid.nfe))
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)
             for nfe in dict.fromkeys(nfes):
@@ -267,18 +318,21 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                 for use_pas in pas_flags:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
-                                       batch_size, dtype, precision, grid.rmse_samples, model, metric))
+                                       batch_size, dtype, precision, grid.rmse_samples, model, metric,
+                                       conditioning))
     return cells
 
 
 def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_pas: bool,
           schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
           num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
-          model: str, metric: dict[str, Any]) -> Cell:
+          model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None) -> Cell:
     rmse_samples = min(rmse_samples, num_samples)
     fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
                     "schedule": schedule, "options": options, "dtype": dtype,
                     "precision": precision, "pas": pas_settings}
+    if conditioning is not None:  # only text-to-image cells carry it: other hashes stay as they were
+        fit_identity["conditioning"] = _conditioning_identity(conditioning)
     identity = {**fit_identity, "num_samples": num_samples, "seeds": f"0-{num_samples - 1}",
                 "metric": metric, "rmse_samples": rmse_samples}
     return Cell(
@@ -286,8 +340,24 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         schedule=schedule, options=options, pas_settings=pas_settings, num_samples=num_samples,
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
         rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
-        pas_key=canonical_hash(fit_identity) if use_pas else None,
+        pas_key=canonical_hash(fit_identity) if use_pas else None, conditioning=conditioning,
     )
+
+
+def _conditioning_identity(conditioning: dict[str, Any]) -> dict[str, Any]:
+    captions = conditioning["captions"]
+    return {**conditioning, "captions": captions and file_identity(captions)}
+
+
+def check_references(cells: list[Cell], overrides: Overrides) -> None:
+    """``UserError`` before anything runs when an FID dataset has no reference statistics (no
+    published file to download, e.g. ms_coco, and no --ref-stats)."""
+    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid"
+                      and not (overrides.ref_stats or get_dataset(cell.dataset).ref_stats_url)})
+    if missing:
+        raise UserError(f"{', '.join(missing)}: no published FID reference statistics to download; "
+                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.fid_ref "
+                        "makes one from an image folder)")
 
 
 def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
@@ -326,7 +396,8 @@ def _grid_denoiser(spec: DatasetSpec) -> Any:
 
 def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
     """Per teacher group of the PAS cells still to fit: the shared grid and its denoiser calls
-    (0 when a stored solve already serves the group)."""
+    (0 when a stored solve already serves the group). Groups whose grid needs the model itself
+    (a ``discrete`` schedule of a checkpoint) are left out."""
     waiting = [c for c in cells if c.pas
                and not (cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
     groups: dict[tuple, list[Cell]] = {}
@@ -336,7 +407,10 @@ def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
     for key, members in groups.items():
         spec = get_dataset(key[0])
         denoiser = _grid_denoiser(spec)
-        requests = teacher_requests(denoiser, members)
+        try:
+            requests = teacher_requests(denoiser, members)
+        except UserError:  # a schedule that needs the model itself (discrete: alphas_cumprod)
+            continue
         settings = members[0].pas_settings
         seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
         stored = spec.exact_stats is not None and pas.stored_teacher(
@@ -382,12 +456,14 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
     from bench import edm  # lazy: only checkpoint datasets need it
 
     found: dict[str, tuple[str, Path, bool]] = {}
-    for name in dict.fromkeys(cell.dataset for cell in cells):
+    for name, cell in {cell.dataset: cell for cell in cells}.items():
         spec = get_dataset(name)
         if spec.model_url:
-            for url, path, cached in edm.required_downloads(
-                    spec, model_path=overrides.model_path, ref_stats=overrides.ref_stats,
-                    cache_dir=cache_dir):
+            listing = (partial(spec.downloads, conditioning=cell.conditioning,
+                               clip_model=overrides.clip_model)
+                       if spec.downloads else edm.required_downloads)
+            for url, path, cached in listing(spec, model_path=overrides.model_path,
+                                             ref_stats=overrides.ref_stats, cache_dir=cache_dir):
                 found[url] = (url, path, cached)
     return list(found.values())
 

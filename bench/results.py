@@ -34,6 +34,8 @@ ROW_KEYS = (
     "num_samples", "seeds",
     "batch_size", "world_size", "dtype", "precision", "metric", "value", "rmse_to_teacher",
     "sample_s", "s_per_sample", "metric_s", "peak_mem_mb", "preview", "config_hash",
+    # Network calls per sample (unet_evals = 2 x nfe under guidance) and text-to-image fields.
+    "unet_evals", "clip_score", "conditioning",
 )
 # Keys that describe when/where/how fast a row was produced rather than what it measured.
 PROVENANCE_KEYS = (

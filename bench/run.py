@@ -42,6 +42,8 @@ from bench.plan import (
     Cell,
     Overrides,
     build_plan,
+    canonical_hash,
+    check_references,
     describe_plan,
     select_shard,
     teacher_group,
@@ -109,14 +111,19 @@ def _ahead(function: Callable, items: list, enabled: bool) -> Iterator[tuple[Any
 
 
 class ImageSink:
-    """Writes every sample of a cell for --save-images: PNGs for [C, H, W] images, else .npy batches."""
+    """Writes every sample of a cell for --save-images: PNGs for [C, H, W] images (latent models'
+    samples decoded first), else .npy batches."""
 
-    def __init__(self, folder: Path, cell: Cell, shape: tuple[int, ...]) -> None:
+    def __init__(self, folder: Path, cell: Cell, denoiser: Any) -> None:
         self.folder = folder / cell.config_hash
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.as_png = len(shape) == 3 and shape[0] in (1, 3)
+        self.decode = getattr(denoiser, "decode", None)
+        shape = denoiser.shape
+        self.as_png = self.decode is not None or (len(shape) == 3 and shape[0] in (1, 3))
 
     def write(self, seeds: range, samples: torch.Tensor) -> None:
+        if self.decode is not None:
+            samples = self.decode(samples)
         if not self.as_png:
             np.save(self.folder / f"{seeds.start:06d}-{seeds.stop - 1:06d}.npy", samples.cpu().numpy())
             return
@@ -150,16 +157,18 @@ class Runner:
         self._cells: list[Cell] = []
         self._teacher_groups: set[tuple] = set()
         self._inception: Any = None
+        self._clip: Any = None
         self._latent_store: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # ----- what cells share -------------------------------------------------------------------
     def denoiser(self, cell: Cell) -> Any:
-        """The cell's denoiser, built once per (dataset, dtype, precision)."""
-        key = (cell.dataset, cell.dtype, cell.precision)
+        """The cell's denoiser, built once per (dataset, dtype, precision, text conditioning)."""
+        key = (cell.dataset, cell.dtype, cell.precision, canonical_hash(cell.conditioning or {}))
         if key not in self._denoisers:
             spec = get_dataset(cell.dataset)
             extra = ({"model_path": self.args.model_path, "precision": cell.precision,
-                      "cache_dir": self.cache_dir} if spec.model_url else {})
+                      "cache_dir": self.cache_dir, "conditioning": cell.conditioning}
+                     if spec.model_url else {})
             self._denoisers[key] = spec.build(device=self.device, dtype=DTYPES[cell.dtype], **extra)
         return self._denoisers[key]
 
@@ -171,6 +180,22 @@ class Runner:
             else:
                 self._metrics[spec.name] = self._fid_metric(spec)
         return self._metrics[spec.name]
+
+    def accumulator(self, cell: Cell) -> Any:
+        """The cell's streaming metric: FD/FID, plus CLIP score for text-to-image datasets."""
+        spec = get_dataset(cell.dataset)
+        features, reference = self.metric(spec)
+        if cell.conditioning is None:
+            return FrechetAccumulator(features, reference, device=self.device)
+        from bench.clip_score import load_clip_score
+        from bench.text_image_metrics import TextImageAccumulator
+
+        if self._clip is None:
+            self._clip = load_clip_score(self.args.clip_model, device=self.device,
+                                         cache_dir=self.cache_dir)
+        self._clip.reset()
+        return TextImageAccumulator(self.denoiser(cell), features, reference, self._clip,
+                                    device=self.device)
 
     def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
         from bench import edm, inception
@@ -205,6 +230,13 @@ class Runner:
                 raise UserError(f"{exc}; delete {path} to fit it again") from None
         return self._artifacts[cell.pas_key]
 
+    def _fit_denoiser(self, cell: Cell) -> Any:
+        """The denoiser PAS fits on: text-to-image models use their teacher captions, disjoint
+        from the evaluation ones."""
+        denoiser = self.denoiser(cell)
+        teacher = getattr(denoiser, "teacher_view", None)
+        return teacher() if teacher else denoiser
+
     def _share_teacher(self, cell: Cell) -> None:
         """Before the first fit of a teacher group: one teacher solve for every fit of the group
         that this run still has to make, on a grid holding all their times (pas.teacher)."""
@@ -214,7 +246,7 @@ class Runner:
         self._teacher_groups.add(group)
         waiting = [c for c in self._cells if c.pas and teacher_group(c) == group
                    and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
-        denoiser = self.denoiser(cell)
+        denoiser = self._fit_denoiser(cell)
         settings = cell.pas_settings
         try:
             pas.teacher_states(
@@ -229,7 +261,7 @@ class Runner:
     def _fit(self, cell: Cell) -> Any:
         self._share_teacher(cell)
         try:
-            return pas.fit(self.denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
+            return pas.fit(self._fit_denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
                            cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
                            dataset=cell.dataset, batch_size=cell.batch_size,
                            progress=self.progress, **cell.pas_settings, **cell.options)
@@ -252,12 +284,11 @@ class Runner:
         key = (cell.dataset, cell.dtype, seeds.start, seeds.stop)
         if key in self._latent_store:
             return tuple(t if t is None else t.to(self.device) for t in self._latent_store[key])
-        drawn = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=DTYPES[cell.dtype],
-                                          device="cpu", label_dim=denoiser.label_dim)
+        drawn = _draw(denoiser, seeds, DTYPES[cell.dtype])
         if any(other[:2] != key[:2] for other in self._latent_store):
             self._latent_store.clear()
         stored = sum(t.nbytes for pair in self._latent_store.values() for t in pair if t is not None)
-        if stored + drawn[0].nbytes <= LATENT_STORE_BYTES:
+        if stored + sum(t.nbytes for t in drawn if t is not None) <= LATENT_STORE_BYTES:
             self._latent_store[key] = drawn
         return tuple(t if t is None else t.to(self.device) for t in drawn)
 
@@ -288,7 +319,7 @@ class Runner:
     def _stream(self, cell: Cell, correction: Any, accumulator: FrechetAccumulator) -> tuple[float, float]:
         """Sample this rank's seeds batch by batch into the accumulator; (sample_s, metric_s)."""
         batches = _batches(distributed.seed_range(cell.num_samples, self.world), cell.batch_size)
-        sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell).shape)
+        sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell))
                 if self.args.save_images else None)
         sample_s = metric_s = 0.0
         label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}{' pas' if cell.pas else ''}"
@@ -299,7 +330,7 @@ class Runner:
             samples = self._batch(cell, start, correction)
             _sync(self.device)
             sampled = time.perf_counter()
-            accumulator.update(samples)
+            accumulator.update(samples, start[1])
             _sync(self.device)
             scored = time.perf_counter()
             sample_s += sampled - began
@@ -317,7 +348,10 @@ class Runner:
         planar = tuple(self.denoiser(cell).shape) == (2,)
         count = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
         samples, trajectory = self._solve(cell, range(count), correction, trajectory=planar)
-        arrays = {"samples": samples[:PREVIEW_COUNT].float().numpy()}
+        # Latent models store small decoded images instead (what the report's sample grids show).
+        thumbnails = getattr(self.denoiser(cell), "thumbnails", None)
+        shown = samples[:PREVIEW_COUNT]
+        arrays = {"samples": (thumbnails(shown, cell.batch_size) if thumbnails else shown).float().numpy()}
         error = None
         if planar or cell.rmse_samples:
             teacher_final, teacher_states = self.reference_solve(cell, count)
@@ -330,17 +364,19 @@ class Runner:
 
     def run_cell(self, cell: Cell) -> dict | None:
         """Run one cell on every rank; rank 0 returns its row (others None)."""
-        spec = get_dataset(cell.dataset)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        if cell.conditioning is not None:
+            self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)
+        # The metric first: a missing reference file stops the cell before any sampling or fit.
+        accumulator = self.accumulator(cell)
         artifact = self.artifact(cell) if cell.pas else None
         correction = artifact.correction() if artifact is not None else None
-        features, reference = self.metric(spec)
-        accumulator = FrechetAccumulator(features, reference, device=self.device)
         sample_s, metric_s = self._stream(cell, correction, accumulator)
         began = time.perf_counter()
-        distributed.sum_across(self.world, accumulator.moments.sums())
+        distributed.sum_across(self.world, accumulator.sums())
         value = accumulator.compute() if self.world.is_main else float("nan")
+        extra = accumulator.extra_fields() if self.world.is_main else {}
         metric_s += time.perf_counter() - began
         sample_s = distributed.max_across(self.world, sample_s, self.device)
         metric_s = distributed.max_across(self.world, metric_s, self.device)
@@ -348,10 +384,10 @@ class Runner:
         if not self.world.is_main:
             return None
         preview, error = self._preview(cell, correction)
-        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview)
+        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview, extra)
 
     def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, sample_s: float,
-             metric_s: float, peak: float, preview: str) -> dict:
+             metric_s: float, peak: float, preview: str, extra: dict) -> dict:
         fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None,
                "pas_holdout_gain": None}
         if artifact is not None:
@@ -369,6 +405,9 @@ class Runner:
             "sample_s": sample_s, "s_per_sample": sample_s / cell.num_samples,
             "metric_s": metric_s, "peak_mem_mb": peak, "preview": preview,
             "config_hash": cell.config_hash,
+            # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
+            "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
+            "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
         }
 
     def run(self, cells: list[Cell]) -> list[dict]:
@@ -382,6 +421,15 @@ class Runner:
                 rows.append(row)
             self.cells_done += 1
         return rows
+
+
+def _draw(denoiser: Any, seeds: range, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents of ``seeds`` and their labels: drawn per seed, or the denoiser's own per-seed
+    conditioning (a text-to-image model's prompt for each seed) when it has one."""
+    per_seed = getattr(denoiser, "labels_for_seeds", None)
+    latents, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=dtype, device="cpu",
+                                                label_dim=0 if per_seed else denoiser.label_dim)
+    return latents, per_seed(seeds, dtype=dtype) if per_seed else labels
 
 
 def summary(rows: list[dict], skipped: int) -> str:
@@ -399,7 +447,8 @@ def _overrides(args: Namespace) -> Overrides:
         datasets=args.datasets, solvers=args.solvers, nfe=args.nfe, pas=args.pas,
         num_samples=args.num_samples, batch_size=args.batch_size, dtype=args.dtype,
         precision=args.precision, model_path=args.model_path, ref_stats=args.ref_stats,
-        inception_weights=args.inception_weights,
+        inception_weights=args.inception_weights, guidance=args.guidance, prompt=args.prompt,
+        captions=args.captions, clip_model=args.clip_model,
     )
 
 
@@ -425,6 +474,7 @@ def execute(args: Namespace) -> int:
         if world.is_main:
             print(describe_plan(cells, todo, _overrides(args), cache_dir, device))
         return 0
+    check_references(todo, _overrides(args))
     world = distributed.init_world(device)
     try:
         # Rank 0's view of the store decides, so every rank runs the same cells.

@@ -79,6 +79,11 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
     name = slug(dataset)
     tables = [TableFile(f"tables/{name}_{metric}", f"{metric.upper()} per NFE", metric_table(cells),
                         "Best value per NFE in bold; PAS params: stored coordinates (range over NFEs).")]
+    if "clip_score" in cells and cells["clip_score"].notna().any():
+        tables.append(TableFile(f"tables/{name}_clip_score", "CLIP score per NFE",
+                                metric_table(cells, "clip_score", higher_is_better=True),
+                                "100 x cosine of CLIP image and prompt embeddings; higher is "
+                                "better, best per NFE in bold."))
     gain = gain_table(cells)
     if gain is not None:
         tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement with PAS", gain,

@@ -108,15 +108,18 @@ def _params_range(values: pd.Series) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
-def metric_table(cells: pd.DataFrame) -> Table:
+def metric_table(cells: pd.DataFrame, column: str = "value", higher_is_better: bool = False) -> Table:
     """Metric per method (rows) and NFE (columns) for the cells of one dataset; best per column bold.
 
-    ``cells`` must carry the labels of :func:`with_labels`. The last column, "PAS params", gives the
-    range of stored PAS coordinates over the NFEs of that row (one number when they agree).
+    ``cells`` must carry the labels of :func:`with_labels`; ``column`` is the row field shown (the
+    metric's ``value``, or e.g. ``clip_score``, where higher is better). The last column, "PAS
+    params", gives the range of stored PAS coordinates over the NFEs of that row (one number when
+    they agree).
     """
-    values = _pivot(cells, "value").reindex(_method_order(cells))
+    values = _pivot(cells, column).reindex(_method_order(cells))
     text = values.map(format_value)
-    best = text.eq(values.min().map(format_value), axis=1) & values.notna()
+    best_values = values.max() if higher_is_better else values.min()
+    best = text.eq(best_values.map(format_value), axis=1) & values.notna()
     params = cells.groupby("method")["pas_params"].agg(_params_range) if "pas_params" in cells else None
     text["PAS params"] = params.reindex(text.index).fillna("") if params is not None else ""
     best["PAS params"] = False
@@ -159,6 +162,15 @@ def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
     """One family's settings, one entry per setting: row fields, solver options, PAS settings."""
     first = cells.iloc[0]
     settings = {label: _canonical(first[field]) for field, label in SETTING_ROWS.items() if field in first}
+    conditioning = first.get("conditioning")
+    if isinstance(conditioning, dict):
+        settings["guidance"] = _canonical(conditioning.get("guidance"))
+        settings["prompts"] = _canonical(conditioning.get("prompt") or conditioning.get("captions"))
+    evals = first.get("unet_evals")
+    if evals is not None and not pd.isna(evals) and evals != first["nfe"]:
+        # Guided models: one NFE is one batched UNet call over 2B samples.
+        settings["UNet evals"] = (f"{_canonical(evals / first['nfe'])} x NFE "
+                                  "(the reference toolbox reports this count as NFE)")
     if isinstance(first.get("options"), dict):
         settings |= {name: _canonical(v) for name, v in sorted(first["options"].items())}
     fitted = [v for v in cells.get("pas_settings", []) if isinstance(v, dict)]

@@ -11,7 +11,7 @@ from PIL import Image
 from pytorch_fid.inception import FID_WEIGHTS_URL
 
 from bench.fid_ref import main
-from bench.inception import inception_features, load_inception, to_uint8
+from bench.inception import inception_features, load_inception, to_uint8, uint8_features
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,26 @@ def test_folder_statistics_match_the_same_tensors(tmp_path, weights, capsys):
             data["sigma"], np.cov(features, rowvar=False), rtol=0, atol=1e-4 * scale
         )
     assert sorted(p.name for p in out.parent.iterdir()) == ["ref.npz"]
+
+
+def test_center_crop_takes_the_middle_square_of_each_shape(tmp_path, weights):
+    model, path = weights
+    gen = torch.Generator().manual_seed(5)
+    wide, tall, square = (torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+                          for h, w in ((8, 12), (12, 8), (8, 8)))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, pixels in (("a", wide), ("b", tall), ("c", square)):
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(folder / f"{name}.png")
+    out = tmp_path / "ref.npz"
+    argv = ["--images", str(folder), "--out", str(out), "--center-crop", "8", "--device", "cpu",
+            "--inception-weights", str(path)]
+    assert main(argv) == 0
+    # At the crop's own size nothing is resampled: the statistics are those of the squares.
+    middles = torch.stack([wide[:, :, 2:10], tall[:, 2:10, :], square])
+    features = uint8_features(model, middles).numpy()
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["mu"], features.mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The paper grid: 152 cells in the published settings, planned without downloading anything."""
+"""The paper grid: 184 cells (EDM, LSUN Bedroom and Stable Diffusion) in the published settings,
+planned without downloading anything."""
 
 import itertools
 import math
@@ -13,12 +14,14 @@ from bench.plan import build_plan
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 SOLVERS = ["ddim", "ipndm", "dpmpp", "unipc"]
 NFES = {name: [4, 5, 6, 8, 10] for name in DATASETS} | {"lsun_bedroom": [5, 6, 8, 10]}
-# (dataset, solver, nfe, pas) of every cell: 3 x 4 x 5 x 2 + 4 x 4 x 2 for LSUN Bedroom.
+SD_NFES = [5, 6, 8, 10]
+# (dataset, solver, nfe, pas) of every cell: 3 x 4 x 5 x 2 + 4 x 4 x 2 for LSUN Bedroom and for
+# Stable Diffusion (ms_coco).
 CELLS = {
     (dataset, solver, nfe, pas)
     for dataset in DATASETS
     for solver, nfe, pas in itertools.product(SOLVERS, NFES[dataset], ["off", "on"])
-}
+} | set(itertools.product(["ms_coco"], SOLVERS, SD_NFES, ["off", "on"]))
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
     "teacher": "heun",
@@ -37,15 +40,12 @@ PAPER_PAS = {
 REFERENCE = {
     "ddim": ("polynomial", {"rho": 7.0}),
     "ipndm": ("polynomial", {"rho": 7.0, "order": 4}),
-    "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True, "thresholding": True}),
-    "unipc": (
-        "logsnr",
-        {"order": 3, "variant": "bh2", "lower_order_final": True, "thresholding": True},
-    ),
+    "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True}),
+    "unipc": ("logsnr", {"order": 3, "variant": "bh2", "lower_order_final": True}),
 }
 
 
-def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_184_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -61,9 +61,9 @@ def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
     rows = set()
     for line in done.stdout.splitlines():
         words = line.split()
-        if len(words) > 4 and words[0].isdigit() and words[1] in DATASETS:
+        if len(words) > 4 and words[0].isdigit():
             rows.add((words[1], words[2], int(words[3]), words[4]))
-    assert rows == CELLS and len(rows) == 152
+    assert rows == CELLS and len(rows) == 184
     # One teacher solve per dataset serves its 4 solvers x its NFEs; a fit holds the states of
     # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
     for name in DATASETS:
@@ -74,19 +74,28 @@ def test_dry_run_lists_all_152_cells_and_downloads_nothing(tmp_path):
         assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
+    assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
+    assert "MS-COCO_val2014_30k_captions.csv" in done.stdout
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
 
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
     assert {(c.dataset, c.solver, c.nfe, "on" if c.pas else "off") for c in cells} == CELLS
-    assert len(cells) == 152
+    assert len(cells) == 184
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule
         assert {key: cell.options[key] for key in options} == options
         assert not cell.options["afs"] and not cell.options["denoise_to_zero"]
-        assert cell.num_samples == 50_000 and cell.metric == "fid"
+        assert cell.metric == "fid"
+        if "thresholding" in cell.options:  # pixels in [-1, 1] yes, SD latents no
+            assert cell.options["thresholding"] == (cell.dataset != "ms_coco")
+        if cell.dataset == "ms_coco":
+            assert cell.num_samples == 10_000 and cell.batch_size == 6
+            assert cell.conditioning["guidance"] == 7.5 and cell.nfe in SD_NFES
+        else:
+            assert cell.num_samples == 50_000 and cell.conditioning is None
         assert cell.batch_size == get_dataset(cell.dataset).default_batch_size
         if cell.pas:
             assert {key: cell.pas_settings[key] for key in PAPER_PAS} == PAPER_PAS

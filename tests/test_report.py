@@ -159,3 +159,22 @@ def test_format_value_and_tied_bold() -> None:
     cells["created_at"] = pd.to_datetime(cells["created_at"])
     lines = to_markdown(metric_table(with_labels(cells))).splitlines()
     assert "**2.00**" in lines[2] and "**2.00**" in lines[3]  # equal as shown -> both bold
+
+
+def test_text_to_image_rows_get_a_clip_table_and_their_guidance(tmp_path: Path) -> None:
+    conditioning = {"guidance": 7.5, "prompt": None, "captions": "captions.csv"}
+    rows = [make_row("ms_coco", solver, nfe, pas, metric="fid", preview=None, unet_evals=2 * nfe,
+                     conditioning=conditioning, clip_score=30.0 + nfe + (1.0 if pas else 0.0))
+            for solver in ("ddim", "ipndm") for nfe in NFES for pas in (False, True)]
+    write_rows(tmp_path / "store" / "run.jsonl", rows)
+    out = tmp_path / "out"
+    assert cli.main([str(tmp_path / "store"), "--out", str(out)]) == 0
+    header, *lines = markdown_rows(out / "tables" / "ms_coco_clip_score.md")
+    assert header == ["Method \\ NFE", "4", "6", "10", "PAS params"]
+    table = {line[0]: line[1:4] for line in lines}
+    assert table["DDIM"] == ["34.00", "36.00", "40.00"]
+    assert table["DDIM + PAS"] == ["**35.00**", "**37.00**", "**41.00**"]  # higher is better
+    assert table["iPNDM + PAS"] == ["**35.00**", "**37.00**", "**41.00**"]
+    settings = {line[0]: line[1:] for line in markdown_rows(out / "tables" / "ms_coco_settings.md")}
+    assert settings["guidance"] == ["7.5", "7.5"] and settings["prompts"] == ["captions.csv"] * 2
+    assert settings["UNet evals"][0].startswith("2 x NFE")
