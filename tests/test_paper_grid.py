@@ -1,4 +1,4 @@
-"""The paper grid: 120 cells in the published settings, planned without downloading anything."""
+"""The paper grid: 150 cells in the published settings, planned without downloading anything."""
 
 import itertools
 import os
@@ -10,7 +10,7 @@ from bench.grids import load_grid
 from bench.plan import build_plan
 
 DATASETS = ["cifar10", "ffhq", "imagenet64"]
-SOLVERS = ["ddim", "ipndm", "dpmpp", "unipc"]
+SOLVERS = ["ddim", "ipndm", "deis", "dpmpp", "unipc"]
 NFES = [4, 5, 6, 8, 10]
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
@@ -30,6 +30,7 @@ PAPER_PAS = {
 REFERENCE = {
     "ddim": ("polynomial", {"rho": 7.0}),
     "ipndm": ("polynomial", {"rho": 7.0, "order": 4}),
+    "deis": ("time_uniform", {"rho": 2.0, "order": 4, "variant": "tab"}),
     "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True, "thresholding": True}),
     "unipc": (
         "logsnr",
@@ -38,7 +39,7 @@ REFERENCE = {
 }
 
 
-def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_150_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -57,7 +58,7 @@ def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
         if len(words) > 4 and words[0].isdigit() and words[1] in DATASETS:
             rows.add((words[1], words[2], int(words[3]), words[4]))
     expected = set(itertools.product(DATASETS, SOLVERS, NFES, ["off", "on"]))
-    assert rows == expected and len(rows) == 120
+    assert rows == expected and len(rows) == 150
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
@@ -65,7 +66,7 @@ def test_dry_run_lists_all_120_cells_and_downloads_nothing(tmp_path):
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
-    assert len(cells) == 120
+    assert len(cells) == 150
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule

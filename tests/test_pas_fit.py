@@ -19,6 +19,8 @@ EVAL_SEEDS = range(2000)
 OPTIONS = {
     "ddim": {},
     "ipndm": {},
+    "ipndm_v": {},
+    "deis": {},  # tAB order 4 on the toolbox's time_uniform rho = 2 (its own teacher)
     "dpmpp": {"thresholding": True},
     "unipc": {"thresholding": True},
 }
@@ -72,6 +74,8 @@ def _fd(digits, solver: str, nfe: int, correction=None) -> float:
         ("ddim", 5, 0.3),
         ("ddim", 10, 0.3),
         ("ipndm", 5, 0.0),
+        ("ipndm_v", 5, 0.0),
+        ("deis", 5, 0.0),
         ("dpmpp", 5, 0.0),
         ("unipc", 5, 0.0),
     ],
@@ -167,6 +171,8 @@ def test_fit_rejects_bad_settings(digits):
     den = digits[0]
     with pytest.raises(ValueError, match="PAS cannot correct heun"):
         pas.fit(den, "heun", 10)
+    with pytest.raises(ValueError, match="PAS cannot correct dpm2"):
+        pas.fit(den, "dpm2", 10)
     with pytest.raises(ValueError, match="unknown PAS loss"):
         pas.fit(den, "ddim", 10, loss="lpips")
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
