@@ -34,9 +34,9 @@ def lagrange_integrals(
 ) -> list[float]:
     """sum_q weights_q L_j(points_q) for each Lagrange basis polynomial L_j of ``nodes``.
 
-    The first entry is set to 1 - sum of the others: the L_j sum to 1, so with weights that
-    integrate 1 exactly (a normalised quadrature) the result sums to 1 exactly, and one node
-    gives (1.0,) exactly.
+    For a quadrature normalised to integrate 1 to 1, the exact integrals sum to 1 (the L_j sum
+    to 1), so the first entry is set to 1 minus the others: rows sum to 1 to rounding whatever
+    the quadrature's own error, and a single node gives exactly (1.0,).
     """
     nodes = np.asarray(nodes, dtype=np.float64)
     out = []
@@ -60,8 +60,9 @@ def adams_bashforth_weights(times: Sequence[float]) -> list[float]:
 
 
 def toolbox_ipndm_v_weights(times: Sequence[float]) -> list[float]:
-    """The reference toolbox's iPNDM-v weights, as coded (solvers-spec 4.2): exact at order 2,
-    third order but not the AB3 interpolant at order 3, third order at order 4."""
+    """The reference toolbox's iPNDM-v weights, as coded (solvers-spec 4.2): exact AB2 at order
+    2; at order 3 not the AB3 interpolant; at order 4 not AB4 even at constant steps, and rows
+    that sum to 1 only when consecutive step ratios are equal (docs/solvers-extra.md 2)."""
     order = len(times) - 1
     if order == 1:
         return [1.0]
@@ -90,7 +91,10 @@ def toolbox_ipndm_v_weights(times: Sequence[float]) -> list[float]:
 
 def ramped(times: Sequence[float], order: int, rule: Callable) -> StepWeights:
     """rule(t_{i-p+1}, ..., t_i, t_{i+1}) for every step i, with p = min(order, i+1)."""
-    return tuple(tuple(rule(times[max(0, i + 1 - order) : i + 2])) for i in range(len(times) - 1))
+    return tuple(
+        tuple(map(float, rule(times[max(0, i + 1 - order) : i + 2])))
+        for i in range(len(times) - 1)
+    )
 
 
 @lru_cache(maxsize=64)
