@@ -19,7 +19,6 @@ EVAL_SEEDS = range(2000)
 OPTIONS = {
     "ddim": {},
     "ipndm": {},
-    "ipndm_v": {},
     "deis": {},  # tAB order 4 on the toolbox's time_uniform rho = 2 (its own teacher)
     "dpmpp": {"thresholding": True},
     "unipc": {"thresholding": True},
@@ -74,7 +73,6 @@ def _fd(digits, solver: str, nfe: int, correction=None) -> float:
         ("ddim", 5, 0.3),
         ("ddim", 10, 0.3),
         ("ipndm", 5, 0.0),
-        ("ipndm_v", 5, 0.0),
         ("deis", 5, 0.0),
         ("dpmpp", 5, 0.0),
         ("unipc", 5, 0.0),
