@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     f = commands.add_parser("fit", help="fit PAS coordinates for one solver and NFE")
     f.add_argument("--dataset", required=True, help="a name from bench's dataset registry")
-    f.add_argument("--solver", required=True, help="ddim, ipndm, dpmpp or unipc")
+    f.add_argument("--solver", required=True, help="a solver that spends one NFE per step (ddim, ipndm, ipndm_v, deis, dpmpp, unipc)")
     f.add_argument("--nfe", type=int, required=True, help="denoiser evaluations per sample")
     f.add_argument("--out", required=True, help="artifact path (JSON)")
     f.add_argument("--schedule", help="schedule name (default: the solver's)")

@@ -256,7 +256,9 @@ def _check_settings(solver: str, integers: dict[str, int], reals: dict[str, floa
     if solvers.get_solver(solver).stages != 1:
         raise ValueError(
             f"PAS cannot correct {solver}: it spends several NFE per step; "
-            "use a one-evaluation-per-step solver (ddim, ipndm, dpmpp, unipc)"
+            "use a one-evaluation-per-step solver ("
+            + ", ".join(n for n, spec in solvers.REGISTRY.items() if spec.stages == 1)
+            + ")"
         )
     for name, value in integers.items():
         low = 0 if name == "early_stop" else 1

@@ -14,10 +14,12 @@ SOLVER_NAMES = {
     "ddim": "DDIM",
     "euler": "Euler",
     "ipndm": "iPNDM",
+    "ipndm_v": "iPNDM-v",
     "deis": "DEIS",
     "dpmpp": "DPM-Solver++",
     "unipc": "UniPC",
     "heun": "Heun",
+    "dpm2": "DPM-Solver-2",
 }
 # Settings that can make two cells of one solver differ; shown in the row label only when they do.
 VARIANT_FIELDS = ("schedule", "order", "options", "num_samples", "seeds", "dtype", "precision")

@@ -7,11 +7,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import deis, unipc
+from .deis import DEIS
 from .dpmpp import DPMpp
-from .ipndm import IPNDM
-from .onestep import DDIM, Heun
+from .ipndm import IPNDM, IPNDM_V_VARIANTS, IPNDMv
+from .onestep import DDIM, DPM2, Heun
 from .stepper import Model, Stepper
-from .unipc import VARIANTS, UniPC
+from .unipc import UniPC
 
 # Options every solver takes (rho shapes the schedule; section 2 for afs and denoise_to_zero).
 COMMON_DEFAULTS: dict[str, Any] = {"rho": 7.0, "afs": False, "denoise_to_zero": False}
@@ -29,6 +31,7 @@ class SolverSpec:
     stepper: Callable[[Model, list[float], Mapping[str, Any]], Stepper] = field(repr=False)
     stages: int = 1  # denoiser calls per step
     max_order: int | None = None
+    variants: tuple[str, ...] = ()  # the values option ``variant`` takes
 
     @property
     def options(self) -> frozenset[str]:
@@ -56,9 +59,9 @@ class SolverSpec:
             raise ValueError(
                 f"{self.name} order must be an integer in 1..{self.max_order} (got {value!r})"
             )
-        if key == "variant" and value not in VARIANTS:
+        if key == "variant" and value not in self.variants:
             raise ValueError(
-                f"{self.name} variant must be one of {', '.join(VARIANTS)} (got {value!r})"
+                f"{self.name} variant must be one of {', '.join(self.variants)} (got {value!r})"
             )
 
     def steps_for_nfe(self, nfe: int, **options: Any) -> int:
@@ -98,10 +101,11 @@ def _spec(
     *,
     stages: int = 1,
     max_order: int | None = None,
+    variants: tuple[str, ...] = (),
     **option_defaults: Any,
 ) -> SolverSpec:
     defaults = {**COMMON_DEFAULTS, **option_defaults}
-    return SolverSpec(name, description, schedule, defaults, stepper, stages, max_order)
+    return SolverSpec(name, description, schedule, defaults, stepper, stages, max_order, variants)
 
 
 _SPECS = [
@@ -110,12 +114,40 @@ _SPECS = [
         "heun", "EDM's Heun: second order, 2 NFE per step (even nfe)", "polynomial", Heun, stages=2
     ),
     _spec(
+        "dpm2",
+        "DPM-Solver-2: midpoint at the geometric mean of the step, 2 NFE per step (even nfe)",
+        "polynomial",
+        DPM2,
+        stages=2,
+    ),
+    _spec(
         "ipndm",
         "iPNDM: constant-weight Adams-Bashforth on d, orders 1-4",
         "polynomial",
         IPNDM,
         order=4,
         max_order=4,
+    ),
+    _spec(
+        "ipndm_v",
+        "iPNDM-v: variable-step Adams-Bashforth on d, orders 1-4",
+        "polynomial",
+        IPNDMv,
+        order=4,
+        variant="exact",
+        max_order=4,
+        variants=IPNDM_V_VARIANTS,
+    ),
+    _spec(
+        "deis",
+        "DEIS: multistep on d integrating its Lagrange interpolant in VP time (tab) or t (rhoab)",
+        "time_uniform",
+        DEIS,
+        order=4,
+        variant="tab",
+        rho=2.0,
+        max_order=4,
+        variants=deis.VARIANTS,
     ),
     _spec(
         "dpmpp",
@@ -137,6 +169,7 @@ _SPECS = [
         lower_order_final=True,
         thresholding=False,
         max_order=3,
+        variants=unipc.VARIANTS,
     ),
 ]
 ALIASES = {"euler": "ddim"}

@@ -43,10 +43,16 @@ def sample(
     ts = times.to(device=latents.device, dtype=latents.dtype)
     tf = ts.tolist()  # one device sync; all per-step coefficient math runs on Python floats
 
-    def model(x: Tensor, j: int) -> Tensor:
+    # The schedule's own 0-d tensors; an off-grid level (DPM-2's midpoint) gets a new one.
+    levels = dict(zip(tf, ts))
+
+    def model(x: Tensor, t: float) -> Tensor:
+        sigma = levels.get(t)
+        if sigma is None:
+            sigma = torch.tensor(t, dtype=latents.dtype, device=latents.device)
         if class_labels is None:
-            return denoiser(x, ts[j])
-        return denoiser(x, ts[j], class_labels)
+            return denoiser(x, sigma)
+        return denoiser(x, sigma, class_labels)
 
     stepper = spec.stepper(model, tf, opts)
     traj = latents.new_empty((num_steps + 1, *latents.shape)) if return_trajectory else None
@@ -61,7 +67,7 @@ def sample(
             used.append(d)
         x = torch.add(x, d, alpha=tf[i + 1] - tf[i], out=None if traj is None else traj[i + 1])
     if opts["denoise_to_zero"]:
-        x = model(x, num_steps)
+        x = model(x, tf[-1])
     return (x, traj) if return_trajectory else x
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,11 +35,22 @@ def logsnr(s: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
     return torch.exp(-(lam_lo + s * (lam_hi - lam_lo)))
 
 
-def time_uniform(s: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
-    """Uniform in VP time tau^(1/rho), with a VP schedule fitted to map [EPS_S, 1] onto the range."""
+def vp_fit(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    """(beta_d, beta_min) of the VP schedule sigma_VP(tau) = sqrt(exp(beta_d tau^2 / 2 +
+    beta_min tau) - 1) that maps VP time [EPS_S, 1] onto [sigma_min, sigma_max]."""
     log_min, log_max = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
     beta_d = 2 * (log_min / EPS_S - log_max) / (EPS_S - 1)
-    beta_min = log_max - beta_d / 2
+    return beta_d, log_max - beta_d / 2
+
+
+def vp_time(sigma: np.ndarray, beta_d: float, beta_min: float) -> np.ndarray:
+    """sigma_VP^-1(sigma), the VP time of noise level sigma (elementwise)."""
+    return (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(np.square(sigma))) - beta_min) / beta_d
+
+
+def time_uniform(s: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """Uniform in VP time tau^(1/rho), with a VP schedule fitted to map [EPS_S, 1] onto the range."""
+    beta_d, beta_min = vp_fit(sigma_min, sigma_max)
     tau = (1 + s * (EPS_S ** (1 / rho) - 1)) ** rho
     return torch.sqrt(torch.expm1(beta_d / 2 * tau**2 + beta_min * tau))
 

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .thresholding import dynamic_threshold
 
-Model = Callable[[Tensor, int], Tensor]
-"""model(x, j) = D(x, t_j): the denoiser at schedule point j."""
+Model = Callable[[Tensor, float], Tensor]
+"""model(x, t) = D(x, t): the denoiser at noise level t, a schedule time or DPM-2's midpoint."""
 
 
 def lincomb(terms: Iterable[tuple[float, Tensor]]) -> Tensor:
@@ -47,8 +47,12 @@ class Stepper:
         return self.t[i + 1] - self.t[i]
 
     def ode_direction(self, j: int, x: Tensor) -> Tensor:
-        """d(x, t_j) = (x - D(x, t_j)) / t_j."""
-        return (x - self.model(x, j)).div_(self.t[j])
+        """d(x, t_j) = (x - D(x, t_j)) / t_j at schedule point j."""
+        return self.ode_direction_at(self.t[j], x)
+
+    def ode_direction_at(self, t: float, x: Tensor) -> Tensor:
+        """d(x, t) = (x - D(x, t)) / t at any noise level t."""
+        return (x - self.model(x, t)).div_(t)
 
     def raw_direction(self, i: int, x: Tensor) -> Tensor:
         """d(x_i, t_i), with AFS's analytic value replacing the model call at step 0 (section 2.1)."""
@@ -62,5 +66,5 @@ class Stepper:
             t0 = self.t[0]
             denoised = x * (1 - t0 / math.sqrt(1 + t0**2))
         else:
-            denoised = self.model(x, j)
+            denoised = self.model(x, self.t[j])
         return dynamic_threshold(denoised) if self.thresholding else denoised

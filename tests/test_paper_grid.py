@@ -1,4 +1,4 @@
-"""The paper grid: 184 cells (EDM, LSUN Bedroom and Stable Diffusion) in the published settings,
+"""The paper grid: 230 cells (EDM, LSUN Bedroom and Stable Diffusion) in the published settings,
 planned without downloading anything."""
 
 import itertools
@@ -12,10 +12,10 @@ from bench.grids import load_grid
 from bench.plan import build_plan
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
-SOLVERS = ["ddim", "ipndm", "dpmpp", "unipc"]
+SOLVERS = ["ddim", "ipndm", "deis", "dpmpp", "unipc"]
 NFES = {name: [4, 5, 6, 8, 10] for name in DATASETS} | {"lsun_bedroom": [5, 6, 8, 10]}
 SD_NFES = [5, 6, 8, 10]
-# (dataset, solver, nfe, pas) of every cell: 3 x 4 x 5 x 2 + 4 x 4 x 2 for LSUN Bedroom and for
+# (dataset, solver, nfe, pas) of every cell: 3 x 5 x 5 x 2 + 5 x 4 x 2 for LSUN Bedroom and for
 # Stable Diffusion (ms_coco).
 CELLS = {
     (dataset, solver, nfe, pas)
@@ -40,12 +40,13 @@ PAPER_PAS = {
 REFERENCE = {
     "ddim": ("polynomial", {"rho": 7.0}),
     "ipndm": ("polynomial", {"rho": 7.0, "order": 4}),
+    "deis": ("time_uniform", {"rho": 2.0, "order": 4, "variant": "tab"}),
     "dpmpp": ("logsnr", {"order": 3, "lower_order_final": True}),
     "unipc": ("logsnr", {"order": 3, "variant": "bh2", "lower_order_final": True}),
 }
 
 
-def test_dry_run_lists_all_184_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -63,8 +64,8 @@ def test_dry_run_lists_all_184_cells_and_downloads_nothing(tmp_path):
         words = line.split()
         if len(words) > 4 and words[0].isdigit():
             rows.add((words[1], words[2], int(words[3]), words[4]))
-    assert rows == CELLS and len(rows) == 184
-    # One teacher solve per dataset serves its 4 solvers x its NFEs; a fit holds the states of
+    assert rows == CELLS and len(rows) == 230
+    # One teacher solve per dataset serves its 5 solvers x its NFEs; a fit holds the states of
     # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
     for name in DATASETS:
         fits = len(SOLVERS) * len(NFES[name])
@@ -82,7 +83,7 @@ def test_dry_run_lists_all_184_cells_and_downloads_nothing(tmp_path):
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
     assert {(c.dataset, c.solver, c.nfe, "on" if c.pas else "off") for c in cells} == CELLS
-    assert len(cells) == 184
+    assert len(cells) == 230
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule

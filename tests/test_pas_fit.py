@@ -70,6 +70,7 @@ def _fd(digits, solver: str, nfe: int, correction=None) -> float:
         ("ddim", 5, 0.3),
         ("ddim", 10, 0.3),
         ("ipndm", 5, 0.0),
+        ("deis", 5, 0.0),
         ("dpmpp", 5, 0.0),
         ("unipc", 5, 0.0),
     ],
@@ -317,6 +318,8 @@ def test_fit_rejects_bad_settings(digits):
     den = digits[0]
     with pytest.raises(ValueError, match="PAS cannot correct heun"):
         pas.fit(den, "heun", 10)
+    with pytest.raises(ValueError, match="PAS cannot correct dpm2"):
+        pas.fit(den, "dpm2", 10)
     with pytest.raises(ValueError, match="unknown PAS loss"):
         pas.fit(den, "ddim", 10, loss="lpips")
     with pytest.raises(ValueError, match="unknown PAS optimizer"):

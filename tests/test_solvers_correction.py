@@ -5,9 +5,10 @@ import pytest
 import torch
 from solver_helpers import GaussianDenoiser, latents
 
-from solvers import REGISTRY, get_schedule, sample, solver_names
+from solvers import REGISTRY, get_schedule, sample, schedule_for, solver_names
+from solvers.deis import deis_weights
 from solvers.dpmpp import dpmpp_weights, multistep_order
-from solvers.ipndm import AB_WEIGHTS
+from solvers.ipndm import AB_WEIGHTS, ipndm_v_weights
 
 SETTINGS = [
     ("ddim", {}),
@@ -16,6 +17,13 @@ SETTINGS = [
     ("heun", {"afs": True, "denoise_to_zero": True}),
     ("ipndm", {}),
     ("ipndm", {"order": 2, "afs": True}),
+    ("dpm2", {}),
+    ("dpm2", {"afs": True, "denoise_to_zero": True}),
+    ("ipndm_v", {}),
+    ("ipndm_v", {"order": 3, "variant": "toolbox", "afs": True}),
+    ("deis", {}),
+    ("deis", {"order": 3, "variant": "rhoab", "denoise_to_zero": True}),
+    ("deis", {"rho": 7.0, "afs": True}),
     ("dpmpp", {}),
     ("dpmpp", {"thresholding": True, "afs": True}),
     ("dpmpp", {"order": 2, "lower_order_final": False, "thresholding": True}),
@@ -71,7 +79,7 @@ def test_what_the_hook_sees_and_does(name, opts):
     x_plain, _ = run(name, opts, z)
     assert not torch.allclose(x, x_plain)
 
-    times = get_schedule(spec.default_schedule, steps + 1, 0.002, 80.0)
+    times = schedule_for(den, name, NFE, **opts)
     assert [ctx.index for ctx in seen] == list(range(steps))
     for i, ctx in enumerate(seen):
         assert ctx.num_steps == steps
@@ -88,23 +96,43 @@ def raw_d(den, x, t):
     return (x - den(x, torch.tensor(t, dtype=x.dtype))) / t
 
 
-def test_ipndm_history_is_raw_d_at_reached_states():
+# Every step's weights of the raw d's, newest first, at the default order 4.
+MULTISTEP_WEIGHTS = {
+    "ipndm": lambda times: [AB_WEIGHTS[min(4, i + 1)] for i in range(len(times) - 1)],
+    "ipndm_v": lambda times: ipndm_v_weights(tuple(times), 4, "exact"),
+    "deis": lambda times: deis_weights(tuple(times), 4, "tab"),
+}
+
+
+@pytest.mark.parametrize("name", list(MULTISTEP_WEIGHTS))
+def test_multistep_history_is_raw_d_at_reached_states(name):
     z, den = latents(4, (3,)), GaussianDenoiser(s=0.5)
     seen = []
     _, traj = sample(
         den,
         z,
-        "ipndm",
+        name,
         NFE,
         correction=lambda c: seen.append(c) or 0.7 * c.direction,
         return_trajectory=True,
     )
-    times = get_schedule("polynomial", NFE + 1, 0.002, 80.0).tolist()
+    times = schedule_for(den, name, NFE).tolist()
     ds = [raw_d(den, traj[i], times[i]) for i in range(NFE)]
-    for i, ctx in enumerate(seen):
-        weights = AB_WEIGHTS[min(4, i + 1)]
+    for i, (ctx, weights) in enumerate(zip(seen, MULTISTEP_WEIGHTS[name](times))):
+        assert len(weights) == min(4, i + 1)
         want = sum(w * ds[i - j] for j, w in enumerate(weights))
         torch.testing.assert_close(ctx.direction, want, rtol=1e-13, atol=1e-13)
+
+
+def test_dpm2_direction_is_d_at_the_geometric_midpoint():
+    z, den = latents(4, (3,)), GaussianDenoiser(s=0.5)
+    seen = []
+    _, traj = run("dpm2", {}, z, correction=lambda c: seen.append(c) or 0.7 * c.direction)
+    times = schedule_for(den, "dpm2", NFE).tolist()
+    for i, ctx in enumerate(seen):
+        t_mid = (times[i] * times[i + 1]) ** 0.5
+        x_mid = traj[i] + (t_mid - times[i]) * raw_d(den, traj[i], times[i])
+        torch.testing.assert_close(ctx.direction, raw_d(den, x_mid, t_mid), rtol=1e-13, atol=1e-13)
 
 
 def test_dpmpp_history_is_raw_denoised_at_reached_states():

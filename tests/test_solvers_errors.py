@@ -12,17 +12,25 @@ DEN = GaussianDenoiser()
 
 
 def test_registry():
-    assert solver_names() == ["ddim", "heun", "ipndm", "dpmpp", "unipc"]
+    assert solver_names() == ["ddim", "heun", "dpm2", "ipndm", "ipndm_v", "deis", "dpmpp", "unipc"]
     assert REGISTRY["euler"] is REGISTRY["ddim"]
     assert all(isinstance(spec, SolverSpec) and spec.description for spec in REGISTRY.values())
     assert {n: REGISTRY[n].default_schedule for n in solver_names()} == {
         "ddim": "polynomial",
         "heun": "polynomial",
+        "dpm2": "polynomial",
         "ipndm": "polynomial",
+        "ipndm_v": "polynomial",
+        "deis": "time_uniform",
         "dpmpp": "logsnr",
         "unipc": "logsnr",
     }
     assert REGISTRY["ipndm"].defaults["order"] == 4
+    common = {"afs": False, "denoise_to_zero": False, "order": 4}
+    # deis: the toolbox's results setting, time_uniform with rho = 2 (docs/solvers-extra.md).
+    assert REGISTRY["deis"].defaults == common | {"rho": 2.0, "variant": "tab"}
+    assert REGISTRY["ipndm_v"].defaults == common | {"rho": 7.0, "variant": "exact"}
+    assert REGISTRY["dpm2"].options == REGISTRY["ddim"].options and REGISTRY["dpm2"].stages == 2
     assert REGISTRY["unipc"].defaults == {
         "rho": 7.0,
         "afs": False,
@@ -40,7 +48,10 @@ def test_registry():
     [
         (
             {"solver": "rk4"},
-            r"^unknown solver 'rk4'; valid: ddim, heun, ipndm, dpmpp, unipc, euler$",
+            (
+                r"^unknown solver 'rk4'; "
+                r"valid: ddim, heun, dpm2, ipndm, ipndm_v, deis, dpmpp, unipc, euler$"
+            ),
         ),
         (
             {"schedule": "karras"},
@@ -57,6 +68,17 @@ def test_registry():
             {"solver": "unipc", "variant": "bh3"},
             r"^unipc variant must be one of bh1, bh2 \(got 'bh3'\)$",
         ),
+        (
+            {"solver": "deis", "variant": "bh2"},
+            r"^deis variant must be one of tab, rhoab \(got 'bh2'\)$",
+        ),
+        (
+            {"solver": "ipndm_v", "variant": "tab"},
+            r"^ipndm_v variant must be one of exact, toolbox \(got 'tab'\)$",
+        ),
+        ({"solver": "deis", "order": 5}, r"^deis order must be an integer in 1\.\.4 \(got 5\)$"),
+        ({"nfe": 3, "solver": "dpm2"}, r"^dpm2 needs an even nfe >= 2 \(got 3\)$"),
+        ({"solver": "dpm2", "order": 2}, r"^dpm2 does not take option 'order'"),
         ({"afs": "yes"}, r"^option afs must be True or False \(got 'yes'\)$"),
         ({"rho": 0}, r"^option rho must be a positive number \(got 0\)$"),
         ({"nfe": 5, "solver": "heun"}, r"^heun needs an even nfe >= 2 \(got 5\)$"),

@@ -1,6 +1,7 @@
 """Exact NFE: a counting denoiser proves nfe = denoiser calls for every solver setting."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def settings():
     for name in solver_names():
         spec = REGISTRY[name]
         orders = range(1, spec.max_order + 1) if spec.max_order else [None]
-        variants = ["bh1", "bh2"] if "variant" in spec.options else [None]
+        variants = spec.variants or [None]
         lofs = [True, False] if "lower_order_final" in spec.options else [None]
         for order, variant, lof in itertools.product(orders, variants, lofs):
             opts = {"order": order, "variant": variant, "lower_order_final": lof}
@@ -86,6 +87,8 @@ def test_heun_message_and_steps():
     with pytest.raises(ValueError, match=r"^heun needs an odd nfe >= 1 with afs=True \(got 4\)$"):
         REGISTRY["heun"].steps_for_nfe(4, afs=True)
     assert REGISTRY["heun"].steps_for_nfe(5, afs=True) == 3
+    assert REGISTRY["dpm2"].steps_for_nfe(7, afs=True) == 4
+    assert REGISTRY["deis"].steps_for_nfe(6, denoise_to_zero=True) == 5
     assert REGISTRY["heun"].steps_for_nfe(6, afs=True, denoise_to_zero=True) == 3
     assert REGISTRY["ddim"].steps_for_nfe(10) == 10
     assert REGISTRY["unipc"].steps_for_nfe(2, order=3) == 2  # N < max_order: still N calls
@@ -94,6 +97,17 @@ def test_heun_message_and_steps():
         REGISTRY["ddim"].steps_for_nfe(0, afs=True)
     with pytest.raises(ValueError, match=r"needs an nfe >= 1 \(got 2.5\)"):
         REGISTRY["ddim"].steps_for_nfe(2.5)
+
+
+def test_dpm2_calls_the_model_at_each_step_and_its_geometric_midpoint():
+    den = CountingDenoiser()
+    t = [10.0, 5.0, 2.0, 1.0]
+    sample(den, torch.randn(2, 2, dtype=torch.float64), "dpm2", 6, t)
+    mids = [math.sqrt(a * b) for a, b in itertools.pairwise(t)]
+    assert den.sigmas == pytest.approx([s for pair in zip(t, mids) for s in pair], rel=1e-15)
+    den = CountingDenoiser()
+    sample(den, torch.randn(2, 2, dtype=torch.float64), "dpm2", 5, t, afs=True)
+    assert den.sigmas == pytest.approx([mids[0], 5.0, mids[1], 2.0, mids[2]], rel=1e-15)
 
 
 def test_unipc_calls_the_model_at_predicted_states():

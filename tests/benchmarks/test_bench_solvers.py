@@ -29,7 +29,10 @@ class HalfDenoiser:
 
 CASES = [
     ("ddim", {}),
+    ("dpm2", {}),
     ("ipndm", {}),
+    ("ipndm_v", {}),
+    ("deis", {}),
     ("dpmpp", {}),
     ("unipc", {}),
     ("dpmpp", {"thresholding": True}),
