@@ -22,6 +22,8 @@ from torch import Tensor
 from solvers.context import StepContext
 
 F64 = torch.float64
+# BasisTracker works through a batch in chunks of about this many bytes of float64 rows.
+_CHUNK_BYTES = 1 << 23
 
 
 def relative_floor(dtype: torch.dtype, m: int) -> float:
@@ -191,42 +193,55 @@ class BasisTracker:
         self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
         self._x_T = ctx.x_T
         self._stored = []
-        self._put(0, ctx.x_T)
 
-    def _put(self, slot: int, row: Tensor) -> None:
-        """Store ``row`` in ``slot`` (dropping later slots) and its inner products with slots 0..slot."""
-        del self._stored[slot:]
-        self._rows[:, slot].copy_(row.reshape(row.shape[0], -1))
-        dots = (self._rows[:, : slot + 1] @ self._rows[:, slot, :, None])[..., 0]
-        self._gram[:, slot, : slot + 1] = dots
-        self._gram[:, : slot + 1, slot] = dots
-        self._stored.append(row)
-
-    def _sync(self, ctx: StepContext) -> int:
-        """Bring the slots up to [x_T, *ctx.used, ctx.direction]; the slot count."""
+    def _pending(self, ctx: StepContext) -> list[tuple[int, Tensor]]:
+        """The (slot, row) pairs to write so the slots hold [x_T, *ctx.used, ctx.direction]."""
         if ctx.index == 0 or ctx.x_T is not self._x_T or ctx.num_steps + 2 != self._rows.shape[1]:
             self._start(ctx)
-        for slot, row in enumerate((*ctx.used, ctx.direction), start=1):
-            if slot >= len(self._stored) or self._stored[slot] is not row:
-                self._put(slot, row)
-        return len(ctx.used) + 2
+        wanted = (ctx.x_T, *ctx.used, ctx.direction)
+        first = next(
+            (slot for slot, row in enumerate(wanted)
+             if slot >= len(self._stored) or self._stored[slot] is not row),
+            len(wanted),
+        )
+        self._stored = list(wanted)
+        return list(enumerate(wanted))[first:]
 
-    def coefficients(self, ctx: StepContext) -> tuple[Tensor, Tensor, float]:
-        """(coefficients [B, k, m], rows [B, m, D], noise floor) of step ``ctx``'s basis, the
-        tensors float64."""
-        count = self._sync(ctx)
+    def _chunks(self) -> list[slice]:
+        """Sample ranges whose float64 rows take about _CHUNK_BYTES (they then stay in cache while
+        a step's work runs over them)."""
+        batch, slots, dim = self._rows.shape
+        size = max(1, _CHUNK_BYTES // (slots * dim * 8))
+        return [slice(start, start + size) for start in range(0, batch, size)]
+
+    def _chunk_basis(self, part: slice, pending, ctx: StepContext, count: int) -> Tensor:
+        """Write the pending rows of samples ``part`` with their inner products, then build their
+        basis (coefficients over the m rows, then the D-space vectors)."""
+        rows, gram = self._rows[part], self._gram[part]
+        for slot, row in pending:
+            rows[:, slot].copy_(row[part].reshape(rows.shape[0], -1))
+            dots = (rows[:, : slot + 1] @ rows[:, slot, :, None])[..., 0]
+            gram[:, slot, : slot + 1] = dots
+            gram[:, : slot + 1, slot] = dots
         first = 0 if self.use_xT else 1
-        rows = self._rows[:, first:count]
-        gram = self._gram[:, first:count, first:count]
-        shift = _flat64(ctx.x_cur) - self._rows[:, 0]
-        progress = (rows @ shift[..., None])[..., 0]
-        start = self._gram[:, first:count, 0]
+        chosen = rows[:, first:count]
+        shift = ctx.x_cur[part].reshape(rows.shape[0], -1).to(F64) - rows[:, 0]
+        progress = (chosen @ shift[..., None])[..., 0]
         floor = relative_floor(ctx.x_cur.dtype, count - first)
-        return basis_coefficients(gram, progress, start, self.k, floor), rows, floor
+        coef = basis_coefficients(
+            gram[:, first:count, first:count], progress, gram[:, first:count, 0], self.k, floor
+        )
+        return materialise(coef, chosen, floor)
 
     def basis(self, ctx: StepContext) -> Tensor:
         """U [B, k, D] of step ``ctx``, float64."""
-        return materialise(*self.coefficients(ctx))
+        pending = self._pending(ctx)
+        count = len(ctx.used) + 2
+        batch, _, dim = self._rows.shape
+        out = torch.empty(batch, self.k, dim, dtype=F64, device=self._rows.device)
+        for part in self._chunks():
+            out[part] = self._chunk_basis(part, pending, ctx, count)
+        return out
 
     def corrected(self, ctx: StepContext, coords: Tensor) -> Tensor:
         """The corrected direction sum_j c_j u_j of step ``ctx``, shaped like ``ctx.direction``.
