@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.results import PROVENANCE_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,11 +40,18 @@ def write_grid(folder: Path, text: str = TINY_GRID, name: str = "tiny.toml") -> 
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
-            module: tuple[str, ...] = ("-m", "bench.run")) -> subprocess.CompletedProcess:
-    """Run ``python -m bench.run ARGS`` (or another module line) in a fresh single-thread process."""
+            module: tuple[str, ...] = ("-m", "bench.run"),
+            stderr_file: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m bench.run ARGS`` (or another module line) in a fresh single-thread process;
+    stderr is captured, or written to ``stderr_file`` when given."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *module, *args], cwd=REPO, env=full_env, check=False,
-                          capture_output=True, text=True, timeout=300)
+    command = [sys.executable, *module, *args]
+    if stderr_file is None:
+        return subprocess.run(command, cwd=REPO, env=full_env, check=False, capture_output=True,
+                              text=True, timeout=300)
+    with open(stderr_file, "w") as stderr:
+        return subprocess.run(command, cwd=REPO, env=full_env, check=False, stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, timeout=300)
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -62,3 +71,20 @@ def measured(row: dict) -> dict:
 
 def by_hash(rows: list[dict]) -> dict[str, dict]:
     return {row["config_hash"]: measured(row) for row in rows}
+
+
+# Metric values and rmse of float64 runs that batch, split or thread differently: the sums run in
+# another order (BLAS blocking depends on the shapes and the CPU), nothing else changes.
+FLOAT64_REL = 1e-12
+NUMBERS = ("value", "rmse_to_teacher")
+
+
+def assert_same_numbers(got: dict[str, dict], want: dict[str, dict]) -> None:
+    """Two ``by_hash`` views hold the same cells, equal in every field but the metric value and
+    rmse, which agree to FLOAT64_REL."""
+    assert got.keys() == want.keys()
+    for key, row in want.items():
+        for name in NUMBERS:
+            assert got[key][name] == pytest.approx(row[name], rel=FLOAT64_REL, abs=0), (key, name)
+        assert {k: v for k, v in got[key].items() if k not in NUMBERS} == {
+            k: v for k, v in row.items() if k not in NUMBERS}

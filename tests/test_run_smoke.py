@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from run_helpers import REPO, read_rows, run_cli
 
 from bench.grids import load_grid
@@ -55,6 +56,7 @@ def _check_row(row: dict, out) -> None:
             assert set(preview.files) == {"samples"}
 
 
+@pytest.mark.invariance
 def test_smoke_grid_end_to_end_then_rerun_skips(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     done = run_cli("--grid", "smoke", "--out", str(out), "--cache-dir", str(cache))
