@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only cells j with j mod N == i (independent jobs writing into one store)")
     add("--dry-run", action="store_true",
         help="validate and print the plan (cells, denoiser evaluations, downloads); run nothing")
-    add("--quiet", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
+    add("--quiet", action="store_true",
+        help="no progress output: neither the bars shown when stderr is a terminal nor the "
+             "one-line-per-cell log printed when it is not")
     add("--save-images", metavar="DIR",
         help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")
     add("--model-path", metavar="PATH",

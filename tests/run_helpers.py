@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from edm_format import tiny_network, write_edm_pickle
 
+from bench.inception import FEATURE_DIM, load_inception
 from bench.results import PROVENANCE_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,3 +92,17 @@ def assert_same_numbers(got: dict[str, dict], want: dict[str, dict]) -> None:
             assert got[key][name] == pytest.approx(row[name], rel=FLOAT64_REL, abs=0), (key, name)
         assert {k: v for k, v in got[key].items() if k not in NUMBERS} == {
             k: v for k, v in row.items() if k not in NUMBERS}
+
+
+def local_fid_files(folder: Path) -> list[str]:
+    """Options that run the cifar10 dataset from local files only: a tiny random-weight
+    EDM-format network at 3 x 32 x 32, seeded random Inception weights, made-up statistics."""
+    net, _ = tiny_network(img_resolution=32, label_dim=0, seed=2)
+    model = write_edm_pickle(folder / "tiny.pkl", net)
+    weights = folder / "inception.pt"
+    torch.save(load_inception(random_weights=True).state_dict(), weights)
+    rng = np.random.default_rng(0)
+    factor = rng.normal(size=(FEATURE_DIM, 16)) * 0.1
+    np.savez(folder / "ref.npz", mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
+    return ["--model-path", str(model), "--ref-stats", str(folder / "ref.npz"),
+            "--inception-weights", str(weights)]
