@@ -5,12 +5,17 @@ seeded random Inception weights and made-up FID reference statistics, so nothing
 The grid runs on the device with float32 solvers and the network in fp32, then in fp16
 (autocast), and every cell is compared with the CPU float64 cell of the same solver, NFE and PAS:
 
-- samples (the stored 64-sample previews) agree to SAMPLE_TOL (absolute; images in [-1, 1]);
-- FID agrees to FID_TOL (relative).
+- base cells: samples (the stored previews) agree to SAMPLE_TOL (absolute; images in [-1, 1]);
+- every cell: FID agrees to FID_TOL (relative), and PAS corrected some steps.
 
 fp32 allows for TF32 convolutions (cuDNN's default) and float32 solver arithmetic; fp16 for half
-precision network outputs. PAS is fitted separately on each side, so its coordinates differ
-within the same rounding. The peak-memory and timing fields must be filled and plausible.
+precision network outputs. Measured with the CPU standing in for the device (float32 or fp16
+autocast against float64): base samples within 2e-6 in fp32 and 5e-4 in fp16, FID within 3e-4
+relative. PAS cells' samples are not compared: on a random-weight network the PAS loss is nearly
+flat, so float32 and float64 searches stop at different coordinates (samples up to 0.66 apart in
+that CPU check, with the same corrected steps and FIDs within 3e-4). The made-up reference
+statistics make FID large and insensitive; the base samples are the sharp check. The peak-memory
+and timing fields must be filled and plausible.
 
 Run on a GPU machine: ``.venv/bin/python -m pytest -q -m cuda``. Without a GPU the tests are
 skipped; ``PASBENCH_CUDA_TESTS_ON=cpu`` runs the same bodies with ``--device cpu`` (fp16 then
@@ -32,8 +37,8 @@ from bench.grids import load_grid
 from bench.run import main
 
 DEVICE = os.environ.get("PASBENCH_CUDA_TESTS_ON", "cuda")
-SAMPLE_TOL = {"fp32": 5e-3, "fp16": 5e-2}
-FID_TOL = {"fp32": 1e-2, "fp16": 5e-2}
+SAMPLE_TOL = {"fp32": 5e-3, "fp16": 2e-2}
+FID_TOL = {"fp32": 1e-3, "fp16": 1e-2}
 # Two batches (a warm-up and a timed one). On the CPU, Inception's features of 299 x 299 images
 # dominate the time, so the CPU check of these tests uses fewer samples.
 NUM_SAMPLES = 256 if DEVICE == "cuda" else 16
@@ -98,8 +103,11 @@ def test_smoke_grid_on_the_device_matches_cpu_float64(local_files, cpu_float64, 
     for key, row in rows.items():
         want = cpu_float64[key]
         assert row["dtype"] == "float32" and row["precision"] == precision
-        gap = np.abs(row["samples"] - want["samples"]).max()
-        assert gap <= SAMPLE_TOL[precision], (key, gap)
+        if row["pas"]:
+            assert row["pas_params"] > 0 and np.isfinite(row["samples"]).all()
+        else:
+            gap = np.abs(row["samples"] - want["samples"]).max()
+            assert gap <= SAMPLE_TOL[precision], (key, gap)
         assert row["value"] == pytest.approx(want["value"], rel=FID_TOL[precision]), key
         check_resources(row)
 
