@@ -21,17 +21,8 @@ from bench.timing import DEFAULT_RULE, TimingRule
 
 # One base cell with real work: 6 batches of 1000 digits samples, the 5 timed ones taking over
 # a second (bench.timing.MIN_SPAN_S) on one thread.
-TIMED_GRID = """
-[grid]
-name = "timed"
-datasets = ["digits"]
-solvers = ["ddim"]
-nfe = [10]
-pas = "off"
-num_samples = 6000
-batch_size = 1000
-dtype = "float64"
-"""
+TIMED_CELL = ["--datasets", "digits", "--solvers", "ddim", "--nfe", "10", "--pas", "off",
+              "--num-samples", "6000", "--batch-size", "1000"]
 SPIN = """import sys, time
 end = time.monotonic() + float(sys.argv[1])
 print("spinning", flush=True)
@@ -69,8 +60,8 @@ def test_rule_flags_load_above_the_cores_a_small_cpu_share_or_busy_neighbours():
 
 
 def test_first_of_several_batches_is_an_untimed_warm_up(tmp_path):
-    grid = write_grid(tmp_path, TIMED_GRID)
-    argv = ["--grid", str(grid), "--datasets", "gmm2d", "--quiet", "--out"]
+    argv = ["--grid", str(write_grid(tmp_path)), "--datasets", "gmm2d", "--solvers", "ddim",
+            "--pas", "off", "--quiet", "--out"]
     assert main([*argv, str(tmp_path / "four"), "--num-samples", "40", "--batch-size", "10"]) == 0
     (row,) = read_rows(tmp_path / "four")
     assert row["warmup_s"] > 0 and row["timed_samples"] == 30
@@ -112,8 +103,8 @@ def one_thread() -> Iterator[None]:
 
 
 def run_timed_cell(tmp_path: Path, name: str) -> dict:
-    grid = write_grid(tmp_path, TIMED_GRID, name="timed.toml")
-    assert main(["--grid", str(grid), "--out", str(tmp_path / name), "--quiet"]) == 0
+    grid = write_grid(tmp_path)
+    assert main(["--grid", str(grid), *TIMED_CELL, "--out", str(tmp_path / name), "--quiet"]) == 0
     (row,) = read_rows(tmp_path / name)
     return row
 
@@ -161,29 +152,13 @@ def test_cell_alone_is_not_suspect(tmp_path, one_thread, monkeypatch):
     assert row["cpu_s"] / row["sample_s"] >= 0.5
 
 
-LOG_GRID = """
-[grid]
-name = "logged"
-datasets = ["gmm2d"]
-solvers = ["ddim"]
-nfe = [4]
-pas = "both"
-num_samples = 200
-batch_size = 100
-dtype = "float64"
-
-[pas]
-trajectories = 50
-teacher_nfe = 20
-epochs = 20
-"""
 CELL_LINE = re.compile(r"bench\.run: \[(\d)/2\] gmm2d ddim nfe=4 (base|pas): fd \d\S*, \d+\.\d s"
                        r"( \[timing suspect: .+\])?; about \d+:\d\d:\d\d left")
 
 
 def test_log_lines_when_stderr_is_a_file_and_none_with_quiet(tmp_path):
-    grid = write_grid(tmp_path, LOG_GRID, name="logged.toml")
-    common = ["--grid", str(grid), "--cache-dir", str(tmp_path / "cache")]
+    common = ["--grid", str(write_grid(tmp_path)), "--datasets", "gmm2d", "--solvers", "ddim",
+              "--cache-dir", str(tmp_path / "cache")]
     log = tmp_path / "stderr.log"
     done = run_cli(*common, "--out", str(tmp_path / "out"), stderr_file=log)
     assert done.returncode == 0
