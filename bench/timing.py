@@ -22,8 +22,9 @@ The rule (``TimingRule``; defaults below) marks a row ``timing_suspect`` when
   /proc/stat minus this process's, per wall second over the timed batches; Linux only, and only
   over at least ``MIN_SPAN_S`` so the 10 ms tick does not matter). This is the case the first two
   miss: torch's OpenMP threads wait for each other at every parallel region, so two threads on two
-  cores, one of them shared, ran 3-14 times slower on this project's 2-core machine while the CPU
-  share stayed at 1.0 and the load average below 2.
+  cores, one of them shared, ran 3-5 times slower than one thread on this project's 2-core
+  machine while the CPU share stayed at 1.0 and the load average below 2. Shorter cells are not
+  checked by this part (their absolute error is small).
 
 On a GPU the host thread waits for the device, so only the load average applies there.
 """
