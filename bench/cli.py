@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry-run", action="store_true",
         help="validate and print the plan (cells, denoiser evaluations, downloads) and a time "
              "estimate from costs timed now on this machine; run nothing")
-    add("--quiet", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
+    add("--quiet", action="store_true",
+        help="no progress output: neither the bars shown when stderr is a terminal nor the "
+             "one-line-per-cell log printed when it is not")
     add("--save-images", metavar="DIR",
         help="also write every sample: PNGs for image-shaped data, .npy batches otherwise")
     add("--model-path", metavar="PATH",

@@ -10,7 +10,10 @@ up as cells missing on both sides instead, which asks for a deliberate baseline 
 
 Exit status: 1 when a matched cell's metric (FD/FID, lower is better) rose by more than
 ``--metric-tol`` (relative), when its ``s_per_sample`` rose by more than ``--time-tol`` (relative;
-checked only when given), or when no cell matches at all; 2 on bad input; 0 otherwise.
+checked only when given), or when no cell matches at all; 2 on bad input; 0 otherwise. A cell whose
+baseline or candidate row is ``timing_suspect`` (timed on a busy machine, bench/timing.py) is left
+out of the time check, and the report lists it as skipped; rows written before that field existed
+count as not suspect.
 
 The default metric tolerance, 1e-9 relative, holds CPU float64 runs to their own determinism: the
 same code gives the same bits, and 1e-9 leaves room only for reordered float64 sums (a different
@@ -44,6 +47,11 @@ class Comparison:
     matched: pd.DataFrame
     only_baseline: pd.DataFrame
     only_candidate: pd.DataFrame
+
+    @property
+    def time_skipped(self) -> pd.DataFrame:
+        """Matched cells whose time was not checked because a side's timing is suspect."""
+        return self.matched[self.matched["time_skipped"]]
 
     @property
     def regressions(self) -> int:
@@ -87,6 +95,8 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
     metric_rel = relative_change(base["value"], cand["value"])
     time_rel = relative_change(base["s_per_sample"], cand["s_per_sample"])
     lost = cand["value"].isna() & base["value"].notna()
+    checked = time_tol is not None
+    suspect = _suspect(base) | _suspect(cand)
     matched = base[CELL_LABEL].assign(
         metric=base["metric"],
         value_base=base["value"],
@@ -97,13 +107,19 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
         time_rel=time_rel,
         changed=~((base["value"] == cand["value"]) | (base["value"].isna() & cand["value"].isna())),
         worse=(metric_rel > metric_tol) | lost,
-        slower=(time_rel > time_tol) if time_tol is not None else False,
+        slower=(time_rel > time_tol) & ~suspect if checked else False,
+        time_skipped=suspect & checked,
     )
     return Comparison(
         matched=matched,
         only_baseline=baseline.loc[baseline.index.difference(candidate.index), CELL_LABEL],
         only_candidate=candidate.loc[candidate.index.difference(baseline.index), CELL_LABEL],
     )
+
+
+def _suspect(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose timing is flagged suspect; a missing field (older rows) means not suspect."""
+    return rows.get("timing_suspect", pd.Series(False, index=rows.index)).eq(True)
 
 
 def _status(row: pd.Series) -> str:
@@ -163,6 +179,11 @@ def report(comparison: Comparison, baseline: Path, candidate: Path, verbose: boo
                      "(results/baseline/README.md)")
     if not comparison.changed.empty:
         parts.append(changed_table(comparison))
+    skipped = comparison.time_skipped
+    if not skipped.empty:
+        parts.append(f"time check skipped for {len(skipped)} cell(s) with a suspect timing "
+                     "(timed on a busy machine):\n"
+                     + tabulate(skipped[CELL_LABEL], headers="keys", tablefmt="simple", showindex=False))
     parts.append(f"cells per dataset and solver (baseline {baseline}, candidate {candidate}):\n"
                  + side_counts(comparison))
     one_sided = ((f"only in {baseline}", comparison.only_baseline),

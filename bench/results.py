@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from bench.errors import UserError
+from bench.timing import TIMING_KEYS
 
 # The row schema (architecture.md, Results store); the report and bench.compare read these keys.
 ROW_KEYS = (
@@ -33,7 +34,7 @@ ROW_KEYS = (
     "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_holdout_gain", "pas_settings",
     "num_samples", "seeds",
     "batch_size", "world_size", "dtype", "precision", "metric", "value", "rmse_to_teacher",
-    "sample_s", "s_per_sample", "metric_s", "peak_mem_mb", "preview", "config_hash",
+    "sample_s", "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview", "config_hash",
     # Network calls per sample (unet_evals = 2 x nfe under guidance) and text-to-image fields.
     "unet_evals", "clip_score", "conditioning",
 )
@@ -41,7 +42,7 @@ ROW_KEYS = (
 PROVENANCE_KEYS = (
     "run_id", "created_at", "git_sha", "git_dirty", "host", "device", "torch_version",
     "package_version", "batch_size", "world_size", "pas_fit_s", "teacher_s", "sample_s",
-    "s_per_sample", "metric_s", "peak_mem_mb", "preview",
+    "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview",
 )
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import pas
 import solvers
-from bench import distributed
+from bench import distributed, timing
 from bench.cli import parse_args
 from bench.dataset_spec import DatasetSpec
 from bench.datasets import get_dataset
@@ -49,6 +49,7 @@ from bench.plan import (
     teacher_group,
     teacher_requests,
 )
+from bench.progress import ProgressLog
 from bench.results import RunFile, ensure_writable, existing_hashes, new_run_id, provenance, utc_now
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -88,7 +89,13 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 def _show_progress(args: Namespace, world: World) -> bool:
+    """Progress bars: on rank 0, unless --quiet, when stderr is a terminal."""
     return world.is_main and not args.quiet and sys.stderr.isatty()
+
+
+def _log_progress(args: Namespace, world: World) -> bool:
+    """Progress lines (bench.progress): on rank 0, unless --quiet, when stderr is not a terminal."""
+    return world.is_main and not args.quiet and not sys.stderr.isatty()
 
 
 def _batches(seeds: range, size: int) -> list[range]:
@@ -147,6 +154,7 @@ class Runner:
         self.run_file = run_file
         self.cache_dir = cache_dir
         self.progress = _show_progress(args, world)
+        self.log = ProgressLog(_log_progress(args, world))
         self.fixed = {**provenance(), "device": device_name(device)} if world.is_main else {}
         self.cells_done = 0
         self.fault_after = int(os.environ[FAULT_ENV]) if FAULT_ENV in os.environ else None
@@ -221,7 +229,12 @@ class Runner:
         if cell.pas_key not in self._artifacts:
             path = self.cache_dir / "artifacts" / f"{cell.pas_key}.json"
             if self.world.is_main and not path.exists():
-                self._fit(cell).save(path)
+                label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
+                self.log.fit_started(label)
+                began = time.perf_counter()
+                fitted = self._fit(cell)
+                self.log.fit_finished(label, fitted, time.perf_counter() - began)
+                fitted.save(path)
             distributed.barrier(self.world)
             # Every rank (rank 0 included) samples with the loaded file, so they agree exactly.
             try:
@@ -248,15 +261,18 @@ class Runner:
                    and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
         denoiser = self._fit_denoiser(cell)
         settings = cell.pas_settings
+        requests = teacher_requests(denoiser, waiting)
+        self.log.teacher_started(cell.dataset, len(requests))
         try:
-            pas.teacher_states(
-                denoiser, teacher_requests(denoiser, waiting),
+            teacher = pas.teacher_states(
+                denoiser, requests,
                 seeds=pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                         settings["holdout"]),
                 teacher=settings["teacher"], dtype=DTYPES[cell.dtype], device=self.device,
                 batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress)
         except ValueError as exc:
             raise UserError(f"PAS teacher for {cell.dataset}: {exc}") from None
+        self.log.teacher_finished(cell.dataset, teacher)
 
     def _fit(self, cell: Cell) -> Any:
         self._share_teacher(cell)
@@ -316,32 +332,30 @@ class Runner:
             paths.append(path.cpu() if trajectory else None)
         return torch.cat(finals), torch.cat(paths, dim=1) if trajectory else None
 
-    def _stream(self, cell: Cell, correction: Any, accumulator: FrechetAccumulator) -> tuple[float, float]:
-        """Sample this rank's seeds batch by batch into the accumulator; (sample_s, metric_s)."""
+    def _stream(self, cell: Cell, correction: Any,
+                accumulator: FrechetAccumulator) -> tuple[timing.BatchClock, float]:
+        """Sample this rank's seeds batch by batch into the accumulator; (batch clock, metric_s)."""
         batches = _batches(distributed.seed_range(cell.num_samples, self.world), cell.batch_size)
         sink = (ImageSink(Path(self.args.save_images), cell, self.denoiser(cell))
                 if self.args.save_images else None)
-        sample_s = metric_s = 0.0
+        clock = timing.BatchClock(len(batches), partial(_sync, self.device))
+        metric_s = 0.0
         label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}{' pas' if cell.pas else ''}"
         bar = tqdm(total=len(batches), desc=label, unit="batch", leave=False, disable=not self.progress)
-        began = time.perf_counter()
         # On a GPU the CPU is idle while sampling: draw the next batch's latents meanwhile.
         for batch, start in _ahead(partial(self._latents, cell), batches, self.device.type == "cuda"):
-            samples = self._batch(cell, start, correction)
-            _sync(self.device)
-            sampled = time.perf_counter()
+            with clock.batch(len(batch)):
+                samples = self._batch(cell, start, correction)
+            began = time.perf_counter()
             accumulator.update(samples, start[1])
             _sync(self.device)
-            scored = time.perf_counter()
-            sample_s += sampled - began
-            metric_s += scored - sampled
+            metric_s += time.perf_counter() - began
             if sink is not None:
                 sink.write(batch, samples)
             bar.update()
             self._maybe_fault()
-            began = time.perf_counter()
         bar.close()
-        return sample_s, metric_s
+        return clock, metric_s
 
     def _preview(self, cell: Cell, correction: Any) -> tuple[str, float | None]:
         """Save the cell's preview arrays and compute rmse_to_teacher; (preview name, rmse)."""
@@ -372,21 +386,35 @@ class Runner:
         accumulator = self.accumulator(cell)
         artifact = self.artifact(cell) if cell.pas else None
         correction = artifact.correction() if artifact is not None else None
-        sample_s, metric_s = self._stream(cell, correction, accumulator)
+        clock, metric_s = self._stream(cell, correction, accumulator)
         began = time.perf_counter()
         distributed.sum_across(self.world, accumulator.sums())
         value = accumulator.compute() if self.world.is_main else float("nan")
         extra = accumulator.extra_fields() if self.world.is_main else {}
         metric_s += time.perf_counter() - began
-        sample_s = distributed.max_across(self.world, sample_s, self.device)
+        times = self._timing(clock)
         metric_s = distributed.max_across(self.world, metric_s, self.device)
         peak = distributed.max_across(self.world, _peak_mem_mb(self.device), self.device)
         if not self.world.is_main:
             return None
         preview, error = self._preview(cell, correction)
-        return self._row(cell, artifact, value, error, sample_s, metric_s, peak, preview, extra)
+        return self._row(cell, artifact, value, error, times, metric_s, peak, preview, extra)
 
-    def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, sample_s: float,
+    def _timing(self, clock: timing.BatchClock) -> dict:
+        """This rank's timing fields, with the slowest rank's sampling time and a suspect flag
+        raised when any rank's timing is suspect (the other fields are this rank's own)."""
+        times = clock.fields(timing.DEFAULT_RULE, self.device.type)
+        sample_s = distributed.max_across(self.world, times["sample_s"], self.device)
+        timed = torch.tensor([float(times["timed_samples"])], dtype=torch.float64, device=self.device)
+        distributed.sum_across(self.world, [timed])
+        suspect = distributed.max_across(self.world, float(times["timing_suspect"]), self.device) > 0
+        if suspect and not times["timing_suspect"]:
+            times["timing_suspect_reason"] = "suspect on another rank"
+        # As before warm-ups existed: the slowest rank's time over every rank's (timed) samples.
+        return {**times, "sample_s": sample_s, "timed_samples": int(timed.item()),
+                "s_per_sample": sample_s / timed.item(), "timing_suspect": suspect}
+
+    def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, times: dict,
              metric_s: float, peak: float, preview: str, extra: dict) -> dict:
         fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None,
                "pas_holdout_gain": None}
@@ -402,8 +430,7 @@ class Runner:
             "num_samples": cell.num_samples, "seeds": cell.seeds, "batch_size": cell.batch_size,
             "world_size": self.world.world_size, "dtype": cell.dtype, "precision": cell.precision,
             "metric": cell.metric, "value": value, "rmse_to_teacher": error,
-            "sample_s": sample_s, "s_per_sample": sample_s / cell.num_samples,
-            "metric_s": metric_s, "peak_mem_mb": peak, "preview": preview,
+            **times, "metric_s": metric_s, "peak_mem_mb": peak, "preview": preview,
             "config_hash": cell.config_hash,
             # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
             "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
@@ -414,11 +441,14 @@ class Runner:
         """Run ``cells`` in order, appending each row as soon as it exists."""
         rows = []
         self._cells = cells
+        self.log.start(len(cells))
         for cell in tqdm(cells, desc="grid", unit="cell", disable=not self.progress):
+            began = time.perf_counter()
             row = self.run_cell(cell)
             if row is not None:
                 self.run_file.append(row)
                 rows.append(row)
+                self.log.cell_finished(row, time.perf_counter() - began)
             self.cells_done += 1
         return rows
 
@@ -438,6 +468,10 @@ def summary(rows: list[dict], skipped: int) -> str:
               r["value"], r["rmse_to_teacher"], r["pas_params"], r["sample_s"]] for r in rows]
     headers = ["dataset", "solver", "nfe", "pas", "metric", "value", "rmse", "pas_params", "sample_s"]
     text = tabulate(table, headers=headers, floatfmt=".4g", missingval="-") if rows else "no cells run"
+    suspect = sum(bool(r["timing_suspect"]) for r in rows)
+    if suspect:
+        text += (f"\n{suspect} cell(s) timed on a busy machine: timing_suspect in the rows says why "
+                 "(bench/timing.py)")
     return text + (f"\n{skipped} cell(s) skipped: already in the store (use --force to rerun)"
                    if skipped else "")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from report.load import DEFAULT_STORE, ReportInputError, latest_per_cell, load_rows
+from report.load import DEFAULT_STORE, SUSPECT_MARK, ReportInputError, latest_per_cell, load_rows
 from report.page import Section, TableFile, render
 from report.plots import dataset_figures, slug
 from report.tables import (
@@ -89,7 +89,8 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
         tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement with PAS", gain,
                                 "(base - PAS) / base; positive means PAS is better."))
     tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
-                            "Sampling time only (no metric, no PAS fitting), divided by the sample count."))
+                            "Sampling time only (no metric, no PAS fitting, no warm-up batch), divided by the "
+                            f"sample count; {SUSPECT_MARK} timed on a busy machine (timing_suspect)."))
     tables.append(TableFile(f"tables/{name}_settings", "Settings", settings_table(cells),
                             "Seeds are shared by the base and PAS cells of a solver and NFE."))
     for item in tables:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_STORE = Path("results/runs")
+SUSPECT_MARK = "\u2020"  # dagger beside times the runner flagged timing_suspect (busy machine)
 
 
 class ReportInputError(ValueError):
@@ -53,6 +54,8 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
         raise ReportInputError(f"rows lack the fields {sorted(missing)}")
     rows["created_at"] = pd.to_datetime(rows["created_at"], utc=True)
     rows["pas"] = rows["pas"].astype(bool)
+    # Rows written before the runner judged its timings have no flag: they count as not suspect.
+    rows["timing_suspect"] = rows.get("timing_suspect", pd.Series(False, index=rows.index)).eq(True)
     return rows
 
 

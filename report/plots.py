@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from report.load import load_preview
+from report.load import SUSPECT_MARK, load_preview
 
 FORMATS = ("png", "svg")
 BASE, WITH_PAS = "base", "+ PAS"
@@ -121,12 +121,16 @@ def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureF
         ax.xaxis.set_minor_formatter(NullFormatter())
         if _wants_log(data["value"]):
             ax.set_yscale("log")
+        for _, point in data[data["timing_suspect"]].iterrows():
+            ax.annotate(SUSPECT_MARK, (point["ms_per_sample"], point["value"]),
+                        xytext=(4, 4), textcoords="offset points")
         ax.set(xlabel="wall-clock per sample (ms, log scale)", ylabel=metric_label(metric),
                title=f"{dataset}: quality vs sampling time")
         _legend_outside(ax)
     stem = f"figures/{slug(dataset)}_quality_vs_time"
     _save(fig, out_dir, stem)
-    return FigureFile(stem, "Quality vs wall-clock", "One point per cell; larger markers use more NFE.")
+    return FigureFile(stem, "Quality vs wall-clock", "One point per cell; larger markers use more NFE; "
+                      f"{SUSPECT_MARK} timed on a busy machine (timing_suspect).")
 
 
 def pas_steps(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile | None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from report.load import SUSPECT_MARK
+
 SOLVER_NAMES = {
     "ddim": "DDIM",
     "euler": "Euler",
@@ -145,9 +147,13 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
 
 
 def time_table(cells: pd.DataFrame) -> Table:
-    """Wall-clock seconds per sample (shown in milliseconds, 3 significant figures)."""
-    millis = 1000 * _pivot(cells, "s_per_sample").reindex(_method_order(cells))
+    """Wall-clock seconds per sample (shown in milliseconds, 3 significant figures); a dagger
+    marks times the runner flagged ``timing_suspect``."""
+    order = _method_order(cells)
+    millis = 1000 * _pivot(cells, "s_per_sample").reindex(order)
+    suspect = _pivot(cells, "timing_suspect").reindex(order).eq(True)
     text = millis.map(lambda v: "" if pd.isna(v) else f"{v:#.3g}")
+    text = text.where(~suspect, text + SUSPECT_MARK)
     return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)))
 
 

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from edm_format import tiny_network, write_edm_pickle
 
+from bench.inception import FEATURE_DIM, load_inception
 from bench.results import PROVENANCE_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,11 +44,18 @@ def write_grid(folder: Path, text: str = TINY_GRID, name: str = "tiny.toml") -> 
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
-            module: tuple[str, ...] = ("-m", "bench.run")) -> subprocess.CompletedProcess:
-    """Run ``python -m bench.run ARGS`` (or another module line) in a fresh single-thread process."""
+            module: tuple[str, ...] = ("-m", "bench.run"),
+            stderr_file: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m bench.run ARGS`` (or another module line) in a fresh single-thread process;
+    stderr is captured, or written to ``stderr_file`` when given."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *module, *args], cwd=REPO, env=full_env, check=False,
-                          capture_output=True, text=True, timeout=300)
+    command = [sys.executable, *module, *args]
+    if stderr_file is None:
+        return subprocess.run(command, cwd=REPO, env=full_env, check=False, capture_output=True,
+                              text=True, timeout=300)
+    with open(stderr_file, "w") as stderr:
+        return subprocess.run(command, cwd=REPO, env=full_env, check=False, stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, timeout=300)
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -67,11 +77,31 @@ def by_hash(rows: list[dict]) -> dict[str, dict]:
     return {row["config_hash"]: measured(row) for row in rows}
 
 
+# Metric values, rmse and PAS's held-out gain of float64 runs that batch, split or thread
+# differently: the sums run in another order (BLAS blocking depends on the shapes and the CPU),
+# nothing else changes.
+FLOAT64_REL = 1e-12
+NUMBERS = ("value", "rmse_to_teacher", "pas_holdout_gain")
+
+
+def assert_same_numbers(got: dict[str, dict], want: dict[str, dict]) -> None:
+    """Two ``by_hash`` views hold the same cells, equal in every field but NUMBERS, which agree to
+    FLOAT64_REL (or are both None)."""
+    assert got.keys() == want.keys()
+    for key, row in want.items():
+        for name in NUMBERS:
+            want_value = row[name]
+            if want_value is not None:
+                want_value = pytest.approx(want_value, rel=FLOAT64_REL, abs=0)
+            assert got[key][name] == want_value, (key, name)
+        assert {k: v for k, v in got[key].items() if k not in NUMBERS} == {
+            k: v for k, v in row.items() if k not in NUMBERS}
+
+
+
 def local_fid_files(folder: Path) -> tuple[Path, Path]:
     """(Inception weights, reference statistics) written to ``folder`` for offline FID runs:
     seeded random Inception weights and made-up statistics (a covariance of rank 16)."""
-    from bench.inception import FEATURE_DIM, load_inception  # lazy: torchvision takes a second
-
     weights = folder / "inception.pt"
     torch.save(load_inception(random_weights=True).state_dict(), weights)
     rng = np.random.default_rng(0)
@@ -79,3 +109,12 @@ def local_fid_files(folder: Path) -> tuple[Path, Path]:
     ref = folder / "ref.npz"
     np.savez(ref, mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
     return weights, ref
+
+
+def local_cifar10_options(folder: Path) -> list[str]:
+    """Options that run the cifar10 dataset from local files only: a tiny random-weight
+    EDM-format network at 3 x 32 x 32 and the files of ``local_fid_files``."""
+    net, _ = tiny_network(img_resolution=32, label_dim=0, seed=2)
+    model = write_edm_pickle(folder / "tiny.pkl", net)
+    weights, ref = local_fid_files(folder)
+    return ["--model-path", str(model), "--ref-stats", str(ref), "--inception-weights", str(weights)]

@@ -30,6 +30,7 @@ def test_denoiser_matches_direct_posterior_mean(name, sigma):
     np.testing.assert_allclose(fast.reshape(6, -1).numpy(), expected, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.invariance
 def test_per_sample_sigma_equals_scalar_sigma():
     den = get_dataset("digits").build(dtype=torch.float64)
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

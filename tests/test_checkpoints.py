@@ -39,6 +39,7 @@ def cond_pickle(tmp_path):
     return net, write_edm_pickle(tmp_path / "tiny-cond.pkl", net, loss)
 
 
+@pytest.mark.invariance
 def test_persistent_pickle_loads_in_a_fresh_process_without_edm_code(tmp_path, cond_pickle):
     net, path = cond_pickle
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -68,7 +69,8 @@ def test_persistent_pickle_loads_in_a_fresh_process_without_edm_code(tmp_path, c
     result = torch.load(tmp_path / "out.pt")
     expected = net(x, inputs["sigma"], inputs["labels"])
     assert result["out"].dtype == torch.float64
-    assert torch.equal(result["out"], expected.double())
+    # Another process with another thread count: the float32 convolutions may sum in another order.
+    torch.testing.assert_close(result["out"], expected.double(), rtol=1e-5, atol=1e-6)
     assert result["attrs"] == ["tiny-cond", (3, 8, 8), 5, 0.002, 80.0]
     assert result["leftover"] == []
 

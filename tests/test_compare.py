@@ -129,3 +129,27 @@ def test_bad_input_exits_2(tmp_path: Path, baseline: Path, capsys: pytest.Captur
     assert main([str(baseline), str(target), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench.compare: ") and err.count("\n") == 1
+
+
+def test_suspect_timings_are_skipped_and_reported(tmp_path: Path, baseline: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """A slower cell timed on a busy machine is skipped; a real slowdown beside it still fails.
+    The baseline's rows predate the timing_suspect field: they count as not suspect."""
+    busy = {"s_per_sample": 10e-5 * 3, "timing_suspect": True,
+            "timing_suspect_reason": "load average 5.00 > 2 (cores)"}
+    suspect_only = candidate(tmp_path, **{"ddim-10-pas": busy})
+    assert main([str(baseline), str(suspect_only), "--time-tol", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "0 regression(s)" in out and "SLOWER" not in out
+    skipped = out.split("time check skipped for 1 cell(s) with a suspect timing")[1]
+    assert skipped.splitlines()[3].split() == ["gmm2d", "ddim", "10", "True"]
+
+    both = candidate(tmp_path, **{"ddim-10-pas": busy,
+                                  "ipndm-4-base": {"s_per_sample": 4e-5 * 1.5, "timing_suspect": False}})
+    assert main([str(baseline), str(both), "--time-tol", "0.1"]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s)" in out and "time check skipped for 1 cell(s)" in out
+    assert [line.split()[:4] for line in out.splitlines() if "SLOWER" in line] == [
+        ["gmm2d", "ipndm", "4", "False"]]
+    assert main([str(baseline), str(both)]) == 0  # no --time-tol: nothing timed, nothing skipped
+    assert "time check skipped" not in capsys.readouterr().out

@@ -53,6 +53,7 @@ def test_frechet_distance_singular_covariance():
     assert frechet_distance(np.zeros(2), cov, np.zeros(2), ref) == pytest.approx(2 + 4 - 4, abs=1e-12)
 
 
+@pytest.mark.invariance
 def test_moments_match_numpy_and_ignore_splits():
     rng = np.random.default_rng(0)
     data = torch.from_numpy(rng.normal(size=(203, 6)) * 3 + 100)
@@ -83,6 +84,7 @@ def test_accumulator_needs_two_samples_and_right_width():
         acc.mean_cov()
 
 
+@pytest.mark.invariance
 def test_frechet_accumulator_with_stand_in_features():
     # A small fixed non-linear feature map stands in for Inception.
     gen = torch.Generator().manual_seed(1)

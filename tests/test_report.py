@@ -24,7 +24,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report of the fixture store, with a newer run that replaces one cell's value."""
     store = tmp_path_factory.mktemp("store")
     build_store(store)
-    newer = make_row("gmm2d", "ddim", 6, False, value=4.5, run_id="run-b", created_at="2025-03-02T12:00:00+00:00")
+    newer = make_row("gmm2d", "ddim", 6, False, value=4.5, run_id="run-b", created_at="2025-03-02T12:00:00+00:00",
+                     timing_suspect=True, timing_suspect_reason="load average 3.00 > 2 (cores)")
     older = make_row("gmm2d", "ddim", 10, False, value=99.0, run_id="run-0", created_at="2025-02-01T00:00:00+00:00")
     write_rows(store / "run-b.jsonl", [newer])
     write_rows(store / "run-0.jsonl", [older])
@@ -65,6 +66,10 @@ def test_gain_and_time_tables(built: Path) -> None:
     assert gains["my_solver + PAS"] == ["-10.0%"] * 3
     _, *rows = markdown_rows(built / "tables" / "digits_time.md")
     assert rows[0] == ["DDIM", "0.0400", "0.0600", "0.100"]  # s_per_sample = nfe * 1e-5, in ms
+    # The newer gmm2d row was timed on a busy machine; rows without the field are not suspect.
+    _, *rows = markdown_rows(built / "tables" / "gmm2d_time.md")
+    assert rows[0] == ["DDIM", "0.0400", "0.0600\u2020", "0.100"]
+    assert all("\u2020" not in cell for row in rows[1:] for cell in row)
 
 
 def test_settings_table(built: Path) -> None:

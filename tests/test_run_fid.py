@@ -3,22 +3,19 @@ CIFAR-10 checkpoint, seeded random Inception weights and made-up reference stati
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
-from edm_format import tiny_network, write_edm_pickle
-from run_helpers import local_fid_files, read_rows
+from run_helpers import local_cifar10_options, read_rows
 
 from bench.run import main
 
 
 def test_fid_cell_from_local_checkpoint_files(tmp_path, capsys):
-    net, _ = tiny_network(img_resolution=32, label_dim=0, seed=2)
-    model = write_edm_pickle(tmp_path / "tiny.pkl", net)
-    weights, ref = local_fid_files(tmp_path)
+    files = local_cifar10_options(tmp_path)
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["--grid", "smoke", "--datasets", "cifar10", "--solvers", "dpmpp", "--nfe", "3",
-            "--pas", "off", "--num-samples", "6", "--batch-size", "4", "--model-path", str(model),
-            "--ref-stats", str(ref), "--inception-weights", str(weights), "--out", str(out),
+            "--pas", "off", "--num-samples", "6", "--batch-size", "4", *files, "--out", str(out),
             "--cache-dir", str(cache), "--quiet"]
 
     assert main([*argv, "--dry-run"]) == 0
@@ -33,6 +30,7 @@ def test_fid_cell_from_local_checkpoint_files(tmp_path, capsys):
     with np.load(out / row["preview"]) as preview:
         assert preview["samples"].shape == (6, 3, 32, 32)
     # The same files under other names are the same model: the row's config_hash stays.
+    model = Path(files[1])
     other = tmp_path / "copy.pkl"
     other.write_bytes(model.read_bytes())
     assert main([*argv, "--model-path", str(other)]) == 0

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from run_helpers import by_hash, read_rows, write_grid
+from run_helpers import assert_same_numbers, by_hash, read_rows, write_grid
 
 from bench.run import main
 
 
+@pytest.mark.invariance
 def test_batch_size_does_not_change_the_numbers(tmp_path):
     grid = write_grid(tmp_path)
     cache = tmp_path / "cache"
@@ -18,10 +19,8 @@ def test_batch_size_does_not_change_the_numbers(tmp_path):
                      "--batch-size", str(batch), "--quiet"]) == 0
         results[batch] = read_rows(out)
     small, large = by_hash(results[7]), by_hash(results[64])
-    assert len(small) == 8 and small.keys() == large.keys()  # batch size is not in the hash
-    for key, row in small.items():
-        assert row["value"] == pytest.approx(large[key]["value"], rel=1e-12, abs=0)
-        assert row["rmse_to_teacher"] == pytest.approx(large[key]["rmse_to_teacher"], rel=1e-12)
+    assert len(small) == 8  # batch size is not in the hash: the same 8 cells
+    assert_same_numbers(small, large)
     assert {row["batch_size"] for row in results[7]} == {7}
 
 
@@ -37,6 +36,7 @@ def test_shards_cover_the_grid_once(tmp_path):
         (d, s) for d in ("gmm2d", "digits") for s in ("ddim", "dpmpp"))
 
 
+@pytest.mark.invariance
 def test_save_images_writes_every_sample(tmp_path):
     grid = write_grid(tmp_path)
     images = tmp_path / "images"
@@ -49,5 +49,7 @@ def test_save_images_writes_every_sample(tmp_path):
     batches = sorted((images / rows["gmm2d"]["config_hash"]).glob("*.npy"))
     assert [p.name for p in batches] == ["000000-000007.npy", "000008-000015.npy", "000016-000019.npy"]
     points = np.concatenate([np.load(p) for p in batches])
+    # The preview is sampled in other batches and stored in float32: one float32 rounding
+    # (2**-24 relative) of float64 samples that agree to far below that.
     with np.load(tmp_path / "out" / rows["gmm2d"]["preview"]) as preview:
-        np.testing.assert_array_equal(points.astype(np.float32), preview["samples"][:20])
+        np.testing.assert_allclose(preview["samples"][:20], points, rtol=2**-23, atol=0)

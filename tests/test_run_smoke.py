@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from run_helpers import REPO, read_rows, run_cli
 
 from bench.grids import load_grid
@@ -19,7 +20,14 @@ def _check_row(row: dict, out) -> None:
     assert math.isfinite(row["rmse_to_teacher"])
     assert row["num_samples"] == 2000 and row["seeds"] == "0-1999" and row["world_size"] == 1
     assert row["sample_s"] > 0 and row["metric_s"] > 0 and row["peak_mem_mb"] > 0
-    assert row["s_per_sample"] == row["sample_s"] / 2000
+    # Two batches of 1000: the first is the untimed warm-up, the second is timed.
+    assert row["warmup_s"] > 0 and row["timed_samples"] == 1000
+    assert row["s_per_sample"] == row["sample_s"] / 1000
+    assert row["s_per_sample_min"] == row["s_per_sample_median"] == row["s_per_sample_max"]
+    assert row["cpu_s"] > 0 and row["torch_threads"] == 1 and row["cpu_count"] >= 1
+    assert row["load_before"] >= 0 and row["load_after"] >= 0
+    assert isinstance(row["timing_suspect"], bool)
+    assert (row["timing_suspect_reason"] is None) == (not row["timing_suspect"])
     assert len(row["config_hash"]) == 64 and isinstance(row["git_dirty"], bool)
     expected_order = 3 if row["solver"] == "dpmpp" else None
     assert row["order"] == expected_order
@@ -49,6 +57,7 @@ def _check_row(row: dict, out) -> None:
             assert set(preview.files) == {"samples"}
 
 
+@pytest.mark.invariance
 def test_smoke_grid_end_to_end_then_rerun_skips(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     done = run_cli("--grid", "smoke", "--out", str(out), "--cache-dir", str(cache))
