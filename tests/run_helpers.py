@@ -111,10 +111,15 @@ def local_fid_files(folder: Path) -> tuple[Path, Path]:
     return weights, ref
 
 
+def local_fid_options(folder: Path) -> list[str]:
+    """``--ref-stats`` and ``--inception-weights`` for the files of ``local_fid_files``."""
+    weights, ref = local_fid_files(folder)
+    return ["--ref-stats", str(ref), "--inception-weights", str(weights)]
+
+
 def local_cifar10_options(folder: Path) -> list[str]:
     """Options that run the cifar10 dataset from local files only: a tiny random-weight
-    EDM-format network at 3 x 32 x 32 and the files of ``local_fid_files``."""
+    EDM-format network at 3 x 32 x 32 and ``local_fid_options``."""
     net, _ = tiny_network(img_resolution=32, label_dim=0, seed=2)
     model = write_edm_pickle(folder / "tiny.pkl", net)
-    weights, ref = local_fid_files(folder)
-    return ["--model-path", str(model), "--ref-stats", str(ref), "--inception-weights", str(weights)]
+    return ["--model-path", str(model), *local_fid_options(folder)]

@@ -6,7 +6,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from run_helpers import local_fid_files, read_rows, write_grid
+from run_helpers import local_fid_options, read_rows, write_grid
 
 import solvers
 from bench import datasets
@@ -248,11 +248,6 @@ def test_openai_reference_batch_gives_its_pool_statistics(tmp_path):
         reference_stats(spec, ref_stats=tmp_path / "spatial.npz")
 
 
-def _local_fid_files(tmp_path):
-    weights, ref = local_fid_files(tmp_path)
-    return ["--ref-stats", str(ref), "--inception-weights", str(weights)]
-
-
 TINY_CM_GRID = """
 [grid]
 datasets = ["cm_tiny"]
@@ -281,7 +276,7 @@ def test_tiny_checkpoint_runs_a_two_cell_grid_with_pas(tiny_file, tmp_path, monk
     out = tmp_path / "out"
     argv = ["--grid", str(write_grid(tmp_path, TINY_CM_GRID)), "--model-path", str(path),
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-            "--quiet", *_local_fid_files(tmp_path)]
+            "--quiet", *local_fid_options(tmp_path)]
     assert main(argv) == 0
     base, fitted = sorted(read_rows(out), key=lambda row: row["pas"])
     assert (base["pas"], fitted["pas"]) == (False, True)
@@ -304,7 +299,7 @@ def test_cli_bad_checkpoint_and_offline_download_exit_2_with_one_line(
     out = tmp_path / "out"
     argv = ["--grid", "paper", "--datasets", "lsun_bedroom", "--solvers", "ddim", "--nfe", "5",
             "--pas", "off", "--num-samples", "2", "--out", str(out), "--device", "cpu",
-            "--cache-dir", str(tmp_path / "cache"), "--quiet", *_local_fid_files(tmp_path)]
+            "--cache-dir", str(tmp_path / "cache"), "--quiet", *local_fid_options(tmp_path)]
     assert main([*argv, "--model-path", str(path)]) == 2  # the tiny net is not the bedroom one
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit the network" in err and str(path) in err
