@@ -34,6 +34,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert double.keys() == single.keys()
     for key, row in single.items():
         assert double[key]["value"] == pytest.approx(row["value"], rel=1e-12, abs=0)
+        assert double[key]["value_blocks"] == pytest.approx(row["value_blocks"], rel=1e-10, abs=0)
+        assert double[key]["value_se"] == pytest.approx(row["value_se"], rel=1e-8, abs=0)
         assert double[key]["rmse_to_teacher"] == row["rmse_to_teacher"]
         assert double[key]["pas_steps"] == row["pas_steps"]
 

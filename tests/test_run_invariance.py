@@ -22,6 +22,10 @@ def test_batch_size_does_not_change_the_numbers(tmp_path):
     for key, row in small.items():
         assert row["value"] == pytest.approx(large[key]["value"], rel=1e-12, abs=0)
         assert row["rmse_to_teacher"] == pytest.approx(large[key]["rmse_to_teacher"], rel=1e-12)
+        # Seed blocks (n mod 10) are the same whatever the batches: the same block values.
+        assert row["blocks"] == 10 and len(row["value_blocks"]) == 10
+        assert row["value_blocks"] == pytest.approx(large[key]["value_blocks"], rel=1e-10, abs=0)
+        assert row["value_se"] == pytest.approx(large[key]["value_se"], rel=1e-8, abs=0)
     assert {row["batch_size"] for row in results[7]} == {7}
 
 
@@ -35,6 +39,13 @@ def test_shards_cover_the_grid_once(tmp_path):
     assert len(list(out.glob("*.jsonl"))) == 3
     assert sorted((r["dataset"], r["solver"]) for r in rows) == sorted(
         (d, s) for d in ("gmm2d", "digits") for s in ("ddim", "dpmpp"))
+    # A cell's block values do not depend on which shard ran it, nor on the batch size.
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "whole"), "--cache-dir", str(cache),
+                 "--pas", "off", "--batch-size", "50", "--quiet"]) == 0
+    whole = by_hash(read_rows(tmp_path / "whole"))
+    for key, row in by_hash(rows).items():
+        assert row["value_blocks"] == pytest.approx(whole[key]["value_blocks"], rel=1e-10, abs=0)
+        assert row["value_se"] == pytest.approx(whole[key]["value_se"], rel=1e-8, abs=0)
 
 
 def test_save_images_writes_every_sample(tmp_path):
