@@ -43,7 +43,7 @@ def test_block_values_ignore_batches_and_ranks():
     whole.update(data, seeds=range(90))
     # Two "ranks" with contiguous seed ranges in batches of 7, their sums then added.
     ranks = [FrechetAccumulator(flatten_features, reference, blocks=10) for _ in range(2)]
-    for rank, seeds in zip(ranks, (range(0, 45), range(45, 90))):
+    for rank, seeds in zip(ranks, (range(45), range(45, 90))):
         for start in range(seeds.start, seeds.stop, 7):
             batch = range(start, min(start + 7, seeds.stop))
             rank.update(data[batch.start:batch.stop], seeds=batch)
