@@ -339,7 +339,11 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
     if conditioning is not None:  # only text-to-image cells carry it: other hashes stay as they were
         fit_identity["conditioning"] = _conditioning_identity(conditioning)
     identity = {**fit_identity, "num_samples": num_samples, "seeds": f"0-{num_samples - 1}",
-                "metric": metric, "rmse_samples": rmse_samples, "blocks": blocks}
+                "metric": metric, "rmse_samples": rmse_samples}
+    # Blocks change the error bars, not the value: cells with the default K keep the hashes they
+    # had before seed blocks existed, so their older rows (no value_se) still match.
+    if blocks != DEFAULT_BLOCKS:
+        identity["blocks"] = blocks
     return Cell(
         index=index, dataset=spec.name, solver=solver, nfe=nfe, steps=steps, pas=use_pas,
         schedule=schedule, options=options, pas_settings=pas_settings, num_samples=num_samples,

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
+from run_helpers import read_rows, write_grid
 
 import solvers
 from bench.datasets import get_dataset
+from bench.grids import load_grid
 from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features, jackknife_se
+from bench.plan import Overrides, build_plan
+from bench.run import main
 
 
 def _reference(dim: int, seed: int) -> FrechetReference:
@@ -92,3 +96,16 @@ def test_jackknife_se_matches_the_spread_over_independent_seed_sets(dataset, cou
                            for k in range(20)))
     ratio = np.mean(errors) / np.std(values, ddof=1)
     assert 1 / 1.5 < ratio < 1.5, (np.mean(errors), np.std(values, ddof=1))
+
+
+def test_blocks_option_sets_the_row_and_only_a_non_default_count_enters_the_hash(tmp_path):
+    grid = write_grid(tmp_path)
+    cells = {k: build_plan(load_grid(str(grid)), Overrides(pas="off", blocks=k)) for k in (None, 10, 4)}
+    hashes = {k: [cell.config_hash for cell in plan] for k, plan in cells.items()}
+    assert hashes[None] == hashes[10] and set(hashes[4]).isdisjoint(hashes[10])
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "out"), "--datasets", "gmm2d",
+                 "--solvers", "ddim", "--pas", "off", "--blocks", "4", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    row, = read_rows(tmp_path / "out")
+    assert row["blocks"] == 4 and len(row["value_blocks"]) == 4
+    assert row["value_se"] == pytest.approx(jackknife_se(row["value_blocks"]), rel=1e-12)

@@ -38,6 +38,7 @@ BAD_ARGS = [
     (["--shard", "2/2"], "--shard 2/2"),
     (["--shard", "one/two"], "--shard must look like i/N"),
     (["--num-samples", "-3"], "positive integer"),
+    (["--blocks", "0"], "positive integer"),
     (["--num-samples", "1", "--datasets", "gmm2d"],
      "gmm2d: the fd metric needs at least 2 samples per cell for its covariance, got --num-samples 1"),
     (["--datasets", ","], "argument --datasets: expected a name, got ','"),
@@ -60,6 +61,8 @@ BAD_GRIDS = [
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nnum_samples = 1.5",
      "num_samples must be a positive integer"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nsamples = 3", "unknown key 'samples'"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nblocks = 0",
+     "[grid] blocks must be a positive integer"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\npas = 'sometimes'", "[grid] pas"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[solver_options.ddim]\norder = 2",
      "ddim does not take option 'order'"),
@@ -152,7 +155,7 @@ def test_help_explains_every_option(capsys):
     for option in ("--grid", "--datasets", "--solvers", "--nfe", "--pas", "--num-samples",
                    "--batch-size", "--device", "--dtype", "--out", "--cache-dir", "--force",
                    "--shard", "--dry-run", "--quiet", "--save-images", "--precision",
-                   "--model-path", "--ref-stats", "--inception-weights"):
+                   "--model-path", "--ref-stats", "--inception-weights", "--blocks"):
         assert option in text
 
 
