@@ -143,18 +143,19 @@ def metric_table(cells: pd.DataFrame, column: str = "value", higher_is_better: b
 
 
 def _format_gain(gain: Gain | None) -> str:
-    """``+4.6% ± 2.1% *`` (* = significant), ``+4.6%`` without blocks, blank without a pair."""
+    """``+4.6% ± 2.1%`` (shown bold when significant), ``+1.2% ± 2.1% (n.s.)`` when not,
+    ``+4.6%`` without blocks, blank without a pair."""
     if gain is None:
         return ""
     if gain.se is None:
         return f"{100 * gain.value:+.1f}%"
-    return f"{100 * gain.value:+.1f}% ± {100 * gain.se:.1f}%" + (" *" if gain.significant else "")
+    return f"{100 * gain.value:+.1f}% ± {100 * gain.se:.1f}%" + ("" if gain.significant else " (n.s.)")
 
 
 def gain_table(cells: pd.DataFrame) -> Table | None:
     """PAS's relative improvement, (base - PAS) / base in percent, per solver family and NFE, with
     its paired jackknife SE where rows have seed blocks; significant gains (report.uncertainty:
-    the t interval at LEVEL excludes 0) are bold and starred."""
+    the t interval at LEVEL excludes 0) are bold, the others marked "(n.s.)"."""
     if not cells["pas"].any():
         return None
     family_of = cells[cells["pas"]].drop_duplicates("method").set_index("method")["family"]
@@ -181,8 +182,8 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
 
 
 GAIN_NOTE = (f"(base - PAS) / base; positive means PAS is better. ± one standard error, jackknife "
-             f"over the seed blocks the base and PAS cells share (paired); * and bold: "
-             f"significant, the {LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0.")
+             f"over the seed blocks the base and PAS cells share (paired). Bold: significant, the "
+             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not.")
 
 
 def time_table(cells: pd.DataFrame) -> Table:

@@ -71,5 +71,16 @@ def test_tables_show_standard_errors_and_verdicts():
     assert bool(metric.bold.loc["DDIM + PAS", "4"]) and "$\\pm$" in to_latex(metric)
     gain = gain_table(cells)
     text = gain.text.loc["DDIM + PAS", "4"]
-    assert text.startswith("+50.0% ± ") and text.endswith(" *") and bool(gain.bold.loc["DDIM + PAS", "4"])
-    assert "**+50.0% ±" in to_markdown(gain)
+    assert text.startswith("+50.0% ± ") and bool(gain.bold.loc["DDIM + PAS", "4"])
+    assert "**+50.0% ±" in to_markdown(gain) and "n.s." not in to_markdown(gain)
+
+
+def test_a_gain_inside_its_noise_is_marked_not_significant():
+    cells = _cells_with_blocks()
+    base = cells[~cells["pas"]].iloc[0]
+    wobble = [1 + 1e-3 * ((k * 3) % 10 - 4.5) for k in range(10)]
+    fitted = cells["pas"].to_numpy().nonzero()[0][0]
+    cells.at[fitted, "value"] = base["value"] * (1 + 1e-4)
+    cells.at[fitted, "value_blocks"] = [v * w for v, w in zip(base["value_blocks"], wobble)]
+    gain = gain_table(cells)
+    assert gain.text.loc["DDIM + PAS", "4"].endswith("(n.s.)") and not gain.bold.loc["DDIM + PAS", "4"]
