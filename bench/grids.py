@@ -38,6 +38,7 @@ Schema (every table and key below is optional unless marked required; unknown ke
     num_samples = 2000
     batch_size = 250
     nfe = [5, 10]                         #   this dataset's NFE list instead of [grid] nfe
+    blocks = 1                            #   this dataset's seed blocks instead of [grid] blocks
     guidance = 7.5                        #   text-to-image only: classifier-free guidance scale
     captions = "captions.csv"             #   text-to-image only: prompts CSV (path or URL)
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
@@ -64,7 +65,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _GRID_KEYS = {"name", "description", "datasets", "solvers", "nfe", "pas", "num_samples",
               "batch_size", "dtype", "precision", "rmse_samples", "blocks"}
-_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas"}
+_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas", "blocks"}
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
     overrides = check.table(data.get("datasets", {}), "[datasets]")
     for name, table in overrides.items():
         check.table(table, f"[datasets.{name}]", _DATASET_KEYS)
-        for key in ("num_samples", "batch_size"):
+        for key in ("num_samples", "batch_size", "blocks"):
             if key in table:
                 check.positive_int(table[key], f"[datasets.{name}] {key}")
         if "nfe" in table:

@@ -294,7 +294,6 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     pas_flags = {"off": [False], "on": [True], "both": [False, True]}[mode]
     dtype = overrides.dtype or grid.dtype
     precision = overrides.precision or grid.precision
-    blocks = overrides.blocks or grid.blocks
     specs = [_dataset_spec(name) for name in datasets]
     _check_checkpoint_overrides(specs, overrides)
     for name in [*grid.solver_options, *solvers]:
@@ -314,6 +313,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
         conditioning = _conditioning(grid, spec, overrides, num_samples, True in pas_flags)
         local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
+        blocks = (overrides.blocks or grid.dataset_overrides.get(spec.name, {}).get("blocks")
+                  or grid.blocks)
         nfes = list(dict.fromkeys(overrides.nfe or local_nfe or grid.nfe))
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
-from run_helpers import read_rows, write_grid
+from run_helpers import TINY_GRID, read_rows, write_grid
 
 import solvers
 from bench.datasets import get_dataset
@@ -103,6 +103,11 @@ def test_blocks_option_sets_the_row_and_only_a_non_default_count_enters_the_hash
     cells = {k: build_plan(load_grid(str(grid)), Overrides(pas="off", blocks=k)) for k in (None, 10, 4)}
     hashes = {k: [cell.config_hash for cell in plan] for k, plan in cells.items()}
     assert hashes[None] == hashes[10] and set(hashes[4]).isdisjoint(hashes[10])
+    # A dataset's own blocks key; the command line overrides it.
+    local = write_grid(tmp_path, TINY_GRID + "\n[datasets.digits]\nblocks = 3\n", "local.toml")
+    assert {(c.dataset, c.blocks) for c in build_plan(load_grid(str(local)))} == {
+        ("gmm2d", 10), ("digits", 3)}
+    assert {c.blocks for c in build_plan(load_grid(str(local)), Overrides(blocks=4))} == {4}
     assert main(["--grid", str(grid), "--out", str(tmp_path / "out"), "--datasets", "gmm2d",
                  "--solvers", "ddim", "--pas", "off", "--blocks", "4", "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -63,6 +63,8 @@ BAD_GRIDS = [
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nsamples = 3", "unknown key 'samples'"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nblocks = 0",
      "[grid] blocks must be a positive integer"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nblocks = -1",
+     "[datasets.gmm2d] blocks must be a positive integer"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\npas = 'sometimes'", "[grid] pas"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[solver_options.ddim]\norder = 2",
      "ddim does not take option 'order'"),
