@@ -487,7 +487,8 @@ def _work(cells: list[Cell], cache_dir: Path) -> list[estimate.Work]:
         works.append(estimate.Work(
             get_dataset(name), group[0].dtype, group[0].batch_size,
             evaluations=sum(_evaluation_counts(group, cache_dir).values()),
-            scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
+            scored_samples=sum(cell.num_samples for cell in group),
+            distances=sum(1 + (cell.blocks if cell.blocks > 1 else 0) for cell in group)))
     return works
 
 
