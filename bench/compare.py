@@ -99,7 +99,9 @@ def relative_change(base: pd.Series, cand: pd.Series) -> pd.Series:
 def noise_score(base: pd.DataFrame, cand: pd.DataFrame) -> pd.Series:
     """The metric's change in combined standard errors, (cand - base) / sqrt(se_b^2 + se_c^2);
     NaN where a row has no ``value_se``, +-inf for a change with zero error."""
-    combined = np.sqrt(base["value_se"].astype(float) ** 2 + cand["value_se"].astype(float) ** 2)
+    missing = pd.Series(np.nan, index=base.index)
+    errors = [side.get("value_se", missing).astype(float) for side in (base, cand)]
+    combined = np.sqrt(errors[0] ** 2 + errors[1] ** 2)
     diff = cand["value"] - base["value"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return (diff / combined).where(diff != 0, 0.0).where(combined.notna())
