@@ -9,6 +9,7 @@ from store_factory import make_row
 import solvers
 from bench.datasets import get_dataset
 from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features
+from report.plots import metric_vs_nfe
 from report.tables import gain_table, metric_table, to_latex, to_markdown, with_labels
 from report.uncertainty import paired_gain
 
@@ -84,3 +85,14 @@ def test_a_gain_inside_its_noise_is_marked_not_significant():
     cells.at[fitted, "value_blocks"] = [v * w for v, w in zip(base["value_blocks"], wobble)]
     gain = gain_table(cells)
     assert gain.text.loc["DDIM + PAS", "4"].endswith("(n.s.)") and not gain.bold.loc["DDIM + PAS", "4"]
+
+
+def test_metric_plot_draws_one_error_bar_per_point_with_an_se(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr("matplotlib.axes.Axes.errorbar",
+                        lambda self, x, y, yerr, **kw: drawn.append(list(yerr)))
+    cells = _cells_with_blocks()
+    figure = metric_vs_nfe(cells, "gmm2d", tmp_path)
+    assert drawn == [[0.0123, 0.0123]] and "standard error" in figure.caption
+    assert "standard error" not in metric_vs_nfe(cells.drop(columns="value_se"), "gmm2d",
+                                                 tmp_path).caption
