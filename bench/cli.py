@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per cell (seeds 0..N-1) for every dataset, overriding the grid")
     add("--batch-size", type=_positive, metavar="B",
         help="samples per solver call; changes speed and memory, never the numbers")
+    add("--blocks", type=_positive, metavar="K",
+        help="seed blocks (seed n in block n mod K) behind each metric's jackknife standard "
+             "error, value_se (default: the grid's, else 10; 1 = no error bars)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="where to sample (auto: CUDA when available); under torchrun each rank "
              "uses cuda:LOCAL_RANK")

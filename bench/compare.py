@@ -9,11 +9,21 @@ float32 run with a float64 baseline, or different solver options; with the hash 
 up as cells missing on both sides instead, which asks for a deliberate baseline refresh.
 
 Exit status: 1 when a matched cell's metric (FD/FID, lower is better) rose by more than
-``--metric-tol`` (relative), when its ``s_per_sample`` rose by more than ``--time-tol`` (relative;
-checked only when given), or when no cell matches at all; 2 on bad input; 0 otherwise. A cell whose
-baseline or candidate row is ``timing_suspect`` (timed on a busy machine, bench/timing.py) is left
-out of the time check, and the report lists it as skipped; rows written before that field existed
-count as not suspect.
+``--metric-tol`` (relative) *and* by more than ``--z`` combined standard errors, when its
+``s_per_sample`` rose by more than ``--time-tol`` (relative; checked only when given), or when no
+cell matches at all; 2 on bad input; 0 otherwise.
+
+Noise: rows with seed blocks carry the metric's jackknife standard error ``value_se``
+(bench.metrics). The combined standard error of a change is sqrt(se_base^2 + se_cand^2), the
+error of two independent measurements; a rise smaller than ``--z`` (default 3, a one-sided false
+alarm rate of about 0.1% per cell for independent reruns) of those is read as sampling noise. Where
+either row lacks ``value_se`` (older rows, ``blocks = 1``) only the tolerance applies and the
+table says "no SE". Every changed cell is listed with both numbers: the relative change against
+the tolerance and the change in combined SEs against z; a cell past one gate but not the other
+is marked "near miss". Timings are checked against ``--time-tol`` alone. A cell whose baseline or
+candidate row is ``timing_suspect`` (timed on a busy machine, bench/timing.py) is left out of the
+time check, and the report lists it as skipped; rows written before that field existed count as
+not suspect.
 
 The default metric tolerance, 1e-9 relative, holds CPU float64 runs to their own determinism: the
 same code gives the same bits, and 1e-9 leaves room only for reordered float64 sums (a different
@@ -37,6 +47,8 @@ from bench.errors import UserError
 from bench.results import load_rows
 
 DEFAULT_METRIC_TOL = 1e-9
+# A metric rise must also exceed this many combined standard errors to count as a regression.
+DEFAULT_Z = 3.0
 CELL_LABEL = ["dataset", "solver", "nfe", "pas"]
 
 
@@ -60,6 +72,10 @@ class Comparison:
     @property
     def changed(self) -> pd.DataFrame:
         return self.matched[self.matched["changed"] | self.matched["worse"] | self.matched["slower"]]
+
+    @property
+    def near_misses(self) -> int:
+        return int(self.matched["near_miss"].sum())
 
     @property
     def failed(self) -> bool:
@@ -87,12 +103,27 @@ def relative_change(base: pd.Series, cand: pd.Series) -> pd.Series:
         return (diff / base.abs()).where(diff != 0, 0.0)
 
 
+def noise_score(base: pd.DataFrame, cand: pd.DataFrame) -> pd.Series:
+    """The metric's change in combined standard errors, (cand - base) / sqrt(se_b^2 + se_c^2);
+    NaN where a row has no ``value_se``, +-inf for a change with zero error."""
+    missing = pd.Series(np.nan, index=base.index)
+    errors = [side.get("value_se", missing).astype(float) for side in (base, cand)]
+    combined = np.sqrt(errors[0] ** 2 + errors[1] ** 2)
+    diff = cand["value"] - base["value"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (diff / combined).where(diff != 0, 0.0).where(combined.notna())
+
+
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
-            time_tol: float | None) -> Comparison:
-    """Match rows by config hash and flag metrics worse than ``metric_tol`` / times slower than ``time_tol``."""
+            time_tol: float | None, z: float = DEFAULT_Z) -> Comparison:
+    """Match rows by config hash; flag metrics worse than ``metric_tol`` and ``z`` combined
+    standard errors (the tolerance alone without SEs) and times slower than ``time_tol``."""
     common = baseline.index.intersection(candidate.index)
     base, cand = baseline.loc[common], candidate.loc[common]
     metric_rel = relative_change(base["value"], cand["value"])
+    score = noise_score(base, cand)
+    past_tol = metric_rel > metric_tol
+    past_noise = (score > z) | score.isna()
     time_rel = relative_change(base["s_per_sample"], cand["s_per_sample"])
     lost = cand["value"].isna() & base["value"].notna()
     checked = time_tol is not None
@@ -106,7 +137,9 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
         time_cand=cand["s_per_sample"],
         time_rel=time_rel,
         changed=~((base["value"] == cand["value"]) | (base["value"].isna() & cand["value"].isna())),
-        worse=(metric_rel > metric_tol) | lost,
+        score=score,
+        worse=(past_tol & past_noise) | lost,
+        near_miss=~(past_tol & past_noise) & ~lost & (past_tol | (score > z)),
         slower=(time_rel > time_tol) & ~suspect if checked else False,
         time_skipped=suspect & checked,
     )
@@ -126,7 +159,13 @@ def _status(row: pd.Series) -> str:
     flags = [name for name in ("worse", "slower") if row[name]]
     if flags:
         return ", ".join(flags).upper()
+    if row["near_miss"]:
+        return "near miss"
     return "better" if row["metric_rel"] < 0 else "changed"
+
+
+def _in_se(score: float) -> str:
+    return "no SE" if np.isnan(score) else f"{score:+.2f}"
 
 
 def changed_table(comparison: Comparison) -> str:
@@ -139,6 +178,7 @@ def changed_table(comparison: Comparison) -> str:
             "base": changed["value_base"].map("{:.10g}".format),
             "candidate": changed["value_cand"].map("{:.10g}".format),
             "rel": changed["metric_rel"].map("{:+.2e}".format),
+            "in SE": changed["score"].map(_in_se),
             "s/sample base": changed["time_base"].map("{:.3g}".format),
             "s/sample cand": changed["time_cand"].map("{:.3g}".format),
             "time rel": changed["time_rel"].map("{:+.1%}".format),
@@ -173,6 +213,8 @@ def report(comparison: Comparison, baseline: Path, candidate: Path, verbose: boo
         f"{comparison.regressions} regression(s); {len(comparison.only_baseline)} only in {baseline}, "
         f"{len(comparison.only_candidate)} only in {candidate}"
     )
+    if comparison.near_misses:
+        summary += f"; {comparison.near_misses} near miss(es) (past the tolerance or z, not both)"
     parts = [summary]
     if comparison.matched.empty:
         parts.append("no cell matches: a changed config hash needs a deliberate baseline refresh "
@@ -218,6 +260,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("candidate", type=Path, help="candidate run file or store folder")
     parser.add_argument("--metric-tol", type=_tolerance, default=DEFAULT_METRIC_TOL, metavar="REL",
                         help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
+    parser.add_argument("--z", type=_tolerance, default=DEFAULT_Z, metavar="Z",
+                        help="a metric rise must also exceed Z combined standard errors "
+                             f"sqrt(se_base^2 + se_cand^2) (default {DEFAULT_Z:g}; 0 = tolerance "
+                             "only; rows without value_se: tolerance only)")
     parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
                         help="allowed relative s_per_sample increase (default: times not checked)")
     parser.add_argument("--verbose", action="store_true",
@@ -228,7 +274,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        comparison = compare(load_side(args.baseline), load_side(args.candidate), args.metric_tol, args.time_tol)
+        comparison = compare(load_side(args.baseline), load_side(args.candidate), args.metric_tol,
+                             args.time_tol, args.z)
     except UserError as err:
         print(f"bench.compare: {err}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ class Costs:
 
     evaluation_s: float  # per sample and denoiser evaluation
     metric_sample_s: float  # per sample streamed into the metric
-    metric_cell_s: float  # per cell: one Frechet distance
+    metric_cell_s: float  # per Frechet distance (one per cell, plus one per seed block)
     metric_setup_s: float  # once per dataset: the reference's square root
 
 
@@ -49,13 +49,13 @@ class Work:
     batch_size: int
     evaluations: int
     scored_samples: int
-    cells: int
+    distances: int  # Frechet distances: one per cell, plus K for a cell with K seed blocks
 
 
 def seconds(costs: Costs, work: Work) -> float:
     """Estimated wall-clock of ``work`` at ``costs``."""
     return (work.evaluations * costs.evaluation_s + work.scored_samples * costs.metric_sample_s
-            + work.cells * costs.metric_cell_s + costs.metric_setup_s)
+            + work.distances * costs.metric_cell_s + costs.metric_setup_s)
 
 
 def _best_time(function: Callable[[], object], device: torch.device, repeats: int = 2) -> float:
@@ -118,7 +118,7 @@ def describe(works: list[Work], device: torch.device) -> list[str]:
         total += part
         lines.append(f"  {name}: {_duration(part)} ({work.evaluations:,} evaluations at "
                      f"{costs.evaluation_s * 1e6:.3g} us, metric {work.scored_samples:,} samples "
-                     f"at {costs.metric_sample_s * 1e6:.3g} us + {work.cells} x "
+                     f"at {costs.metric_sample_s * 1e6:.3g} us + {work.distances} distances x "
                      f"{costs.metric_cell_s:.2g} s)")
     if not lines:
         return []

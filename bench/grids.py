@@ -16,6 +16,8 @@ Schema (every table and key below is optional unless marked required; unknown ke
     rmse_samples = 64                     # first seeds compared with a Heun-200 reference solve
                                           # (row field rmse_to_teacher); 0 = off (default);
                                           # more than a cell's num_samples means all of them
+    blocks       = 10                     # seed blocks (seed n in block n mod K) behind the
+                                          # metric's jackknife SE (value_se); 1 = no SE (default 10)
 
     [solver_options.<solver>]             # per-solver settings, e.g. for dpmpp:
     schedule = "polynomial"               #   time schedule (default: the solver's own)
@@ -36,6 +38,7 @@ Schema (every table and key below is optional unless marked required; unknown ke
     num_samples = 2000
     batch_size = 250
     nfe = [5, 10]                         #   this dataset's NFE list instead of [grid] nfe
+    blocks = 1                            #   this dataset's seed blocks instead of [grid] blocks
     guidance = 7.5                        #   text-to-image only: classifier-free guidance scale
     captions = "captions.csv"             #   text-to-image only: prompts CSV (path or URL)
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
@@ -54,14 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.metrics import DEFAULT_BLOCKS
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 PAS_MODES = ("off", "on", "both")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _GRID_KEYS = {"name", "description", "datasets", "solvers", "nfe", "pas", "num_samples",
-              "batch_size", "dtype", "precision", "rmse_samples"}
-_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas"}
+              "batch_size", "dtype", "precision", "rmse_samples", "blocks"}
+_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas", "blocks"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Grid:
     dtype: str = "float32"
     precision: str = "fp32"
     rmse_samples: int = 0
+    blocks: int = DEFAULT_BLOCKS
     description: str = ""
     solver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     pas_settings: dict[str, Any] = field(default_factory=dict)
@@ -160,7 +165,7 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
         if key not in grid:
             raise check.fail(f"[grid] needs `{key}`")
     optional_int = {key: check.positive_int(grid[key], f"[grid] {key}")
-                    for key in ("num_samples", "batch_size") if key in grid}
+                    for key in ("num_samples", "batch_size", "blocks") if key in grid}
     rmse_samples = grid.get("rmse_samples", 0)
     if rmse_samples != 0:
         check.positive_int(rmse_samples, "[grid] rmse_samples")
@@ -170,7 +175,7 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
     overrides = check.table(data.get("datasets", {}), "[datasets]")
     for name, table in overrides.items():
         check.table(table, f"[datasets.{name}]", _DATASET_KEYS)
-        for key in ("num_samples", "batch_size"):
+        for key in ("num_samples", "batch_size", "blocks"):
             if key in table:
                 check.positive_int(table[key], f"[datasets.{name}] {key}")
         if "nfe" in table:
@@ -192,6 +197,7 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
         dtype=check.choice(grid.get("dtype", "float32"), "[grid] dtype", DTYPES),
         precision=check.choice(grid.get("precision", "fp32"), "[grid] precision", PRECISIONS),
         rmse_samples=rmse_samples,
+        blocks=optional_int.get("blocks", DEFAULT_BLOCKS),
         description=str(grid.get("description", "")),
         solver_options={name: dict(options) for name, options in solver_options.items()},
         pas_settings=dict(check.table(data.get("pas", {}), "[pas]")),

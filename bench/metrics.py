@@ -3,10 +3,17 @@
 Nothing is kept per sample: an accumulator holds a count, the sum of the feature vectors and the
 sum of their outer products, all in float64. Sums can be added across batches, ranks and machines,
 so the result does not depend on how the samples were split (up to float64 rounding).
+
+Error bars: the moments are kept per seed block (seed n in block n mod K, so the blocks are the same
+in every cell, batch size, rank and shard) and the full moments are their sum. Leaving one block out
+at a time gives K leave-one-block-out values of the metric, whose jackknife spread estimates the
+standard error of the full-sample value (:func:`jackknife_se`). The reference's square root is
+factorised once, so each block value costs one symmetric eigenvalue problem.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +23,8 @@ Features = Callable[[Tensor], Tensor]
 # Samples a Frechet metric needs at the least: its covariance has ddof=1. bench.plan checks every
 # cell against this before anything runs.
 MIN_SAMPLES = 2
+# Seed blocks per cell for the standard error (``--blocks``, grid key ``blocks``); 1 = no error bars.
+DEFAULT_BLOCKS = 10
 
 
 def flatten_features(samples: Tensor) -> Tensor:
@@ -113,19 +122,84 @@ class MomentAccumulator:
         return mean + self.shift.cpu(), 0.5 * (cov + cov.T)
 
 
+class BlockMoments:
+    """:class:`MomentAccumulator` sums per seed block: seed n goes to block n mod ``blocks``.
+
+    The full-sample moments are the sum over blocks, so keeping blocks costs memory (``blocks``
+    outer-product sums) but no extra arithmetic per sample.
+    """
+
+    def __init__(self, dim: int, blocks: int, *, shift: Tensor | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        if blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {blocks}")
+        self.parts = [MomentAccumulator(dim, shift=shift, device=device) for _ in range(blocks)]
+
+    def update(self, features: Tensor, seeds: Sequence[int]) -> None:
+        """Add a batch ``[B, dim]`` whose rows are the samples of ``seeds`` (B of them)."""
+        if len(seeds) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} feature rows for {len(seeds)} seeds")
+        block_of = torch.as_tensor(list(seeds), device=features.device) % len(self.parts)
+        for block in block_of.unique().tolist():
+            self.parts[block].update(features[block_of == block])
+
+    def sums(self) -> list[Tensor]:
+        """The tensors to add across ranks (in place) before reading moments."""
+        return [tensor for part in self.parts for tensor in part.sums()]
+
+    def total(self) -> MomentAccumulator:
+        """The moments of every block together."""
+        first = self.parts[0]
+        merged = MomentAccumulator(first.dim, shift=first.shift, device=first.total.device)
+        for part in self.parts:
+            for into, added in zip(merged.sums(), part.sums()):
+                into += added
+        return merged
+
+    def leave_one_out(self) -> Iterator[MomentAccumulator]:
+        """For each block k, the moments of every other block (the total minus block k)."""
+        full = self.total()
+        for part in self.parts:
+            rest = MomentAccumulator(full.dim, shift=full.shift, device=full.total.device)
+            for into, whole, left_out in zip(rest.sums(), full.sums(), part.sums()):
+                into += whole - left_out
+            yield rest
+
+    def leave_one_out_ready(self) -> bool:
+        """Whether every block has a sample and every leave-one-block-out set has enough."""
+        counts = [float(part.count) for part in self.parts]
+        return len(counts) > 1 and min(counts) > 0 and sum(counts) - max(counts) >= MIN_SAMPLES
+
+
+def jackknife_se(leave_one_out: Sequence[float]) -> float:
+    """Jackknife standard error of a statistic from its K leave-one-block-out values:
+    sqrt((K - 1) / K * sum_k (theta_k - mean)^2)."""
+    values = np.asarray(leave_one_out, dtype=np.float64)
+    count = values.size
+    return math.sqrt((count - 1) / count * float(np.square(values - values.mean()).sum()))
+
+
 class FrechetAccumulator:
-    """Streams samples through ``features`` into moments; :meth:`compute` gives the FD/FID."""
+    """Streams samples through ``features`` into per-block moments; :meth:`compute` gives the
+    FD/FID of all samples, :meth:`extra_fields` the leave-one-block-out values and the SE."""
 
     def __init__(self, features: Features, reference: FrechetReference,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", blocks: int = 1) -> None:
         self.features = features
         self.reference = reference
-        self.moments = MomentAccumulator(reference.dim, shift=reference.mu, device=device)
+        self.blocks = blocks
+        self.moments = BlockMoments(reference.dim, blocks, shift=reference.mu, device=device)
+        self._seen = 0
 
-    def update(self, samples: Tensor, class_labels: Tensor | None = None) -> None:
-        """Add a batch of samples (any shape ``[B, ...]``); labels do not enter the statistics."""
+    def update(self, samples: Tensor, class_labels: Tensor | None = None,
+               seeds: Sequence[int] | None = None) -> None:
+        """Add a batch of samples (any shape ``[B, ...]``) drawn from ``seeds``; labels do not
+        enter the statistics. Without ``seeds`` the samples count as the next consecutive ones."""
         feats = self.features(samples)
-        self.moments.update(feats.reshape(feats.shape[0], -1))
+        if seeds is None:
+            seeds = range(self._seen, self._seen + feats.shape[0])
+            self._seen += feats.shape[0]
+        self.moments.update(feats.reshape(feats.shape[0], -1), seeds)
 
     def sums(self) -> list[Tensor]:
         """The tensors to add across ranks (in place) before :meth:`compute`."""
@@ -133,11 +207,20 @@ class FrechetAccumulator:
 
     def compute(self) -> float:
         """Frechet distance of everything added so far to the reference statistics."""
-        return self.reference.distance(*self.moments.mean_cov())
+        return self.reference.distance(*self.moments.total().mean_cov())
 
-    def extra_fields(self) -> dict[str, float]:
-        """Row fields besides the metric's value (none for a plain Frechet distance)."""
-        return {}
+    def leave_one_out(self) -> list[float] | None:
+        """The metric without block k, for each k; None with one block or too few samples."""
+        if not self.moments.leave_one_out_ready():
+            return None
+        return [self.reference.distance(*rest.mean_cov()) for rest in self.moments.leave_one_out()]
+
+    def extra_fields(self) -> dict[str, object]:
+        """Row fields besides the metric's value: ``blocks``, the leave-one-block-out values
+        ``value_blocks`` and their jackknife standard error ``value_se`` (None without blocks)."""
+        values = self.leave_one_out()
+        return {"blocks": self.blocks, "value_blocks": values,
+                "value_se": jackknife_se(values) if values is not None else None}
 
 
 def rmse(samples: Tensor, targets: Tensor) -> float:

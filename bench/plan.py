@@ -26,7 +26,7 @@ from bench.dataset_spec import DatasetSpec
 from bench.datasets import dataset_names, get_dataset
 from bench.errors import UserError
 from bench.grids import Grid
-from bench.metrics import MIN_SAMPLES
+from bench.metrics import DEFAULT_BLOCKS, MIN_SAMPLES
 from pas.search import loss_name
 from solvers import REGISTRY, schedule_names
 
@@ -59,6 +59,7 @@ class Overrides:
     prompt: str | None = None
     captions: str | None = None
     clip_model: str | None = None
+    blocks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Cell:
     rmse_samples: int
     config_hash: str
     pas_key: str | None
+    # Seed blocks of the metric's standard error (bench.metrics); 1 = none.
+    blocks: int = DEFAULT_BLOCKS
     # Text-to-image datasets: guidance scale and prompt source (bench.ms_coco); else None.
     conditioning: dict[str, Any] | None = None
 
@@ -310,6 +313,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
         conditioning = _conditioning(grid, spec, overrides, num_samples, True in pas_flags)
         local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
+        blocks = (overrides.blocks or grid.dataset_overrides.get(spec.name, {}).get("blocks")
+                  or grid.blocks)
         nfes = list(dict.fromkeys(overrides.nfe or local_nfe or grid.nfe))
         for solver in solvers:
             schedule, options = resolve_solver(solver, spec, grid)
@@ -319,14 +324,15 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
-                                       conditioning))
+                                       conditioning, blocks))
     return cells
 
 
 def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_pas: bool,
           schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
           num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
-          model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None) -> Cell:
+          model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None,
+          blocks: int) -> Cell:
     rmse_samples = min(rmse_samples, num_samples)
     fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
                     "schedule": schedule, "options": options, "dtype": dtype,
@@ -335,12 +341,17 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         fit_identity["conditioning"] = _conditioning_identity(conditioning)
     identity = {**fit_identity, "num_samples": num_samples, "seeds": f"0-{num_samples - 1}",
                 "metric": metric, "rmse_samples": rmse_samples}
+    # Blocks change the error bars, not the value: cells with the default K keep the hashes they
+    # had before seed blocks existed, so their older rows (no value_se) still match.
+    if blocks != DEFAULT_BLOCKS:
+        identity["blocks"] = blocks
     return Cell(
         index=index, dataset=spec.name, solver=solver, nfe=nfe, steps=steps, pas=use_pas,
         schedule=schedule, options=options, pas_settings=pas_settings, num_samples=num_samples,
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
         rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
         pas_key=canonical_hash(fit_identity) if use_pas else None, conditioning=conditioning,
+        blocks=blocks,
     )
 
 
@@ -476,7 +487,8 @@ def _work(cells: list[Cell], cache_dir: Path) -> list[estimate.Work]:
         works.append(estimate.Work(
             get_dataset(name), group[0].dtype, group[0].batch_size,
             evaluations=sum(_evaluation_counts(group, cache_dir).values()),
-            scored_samples=sum(cell.num_samples for cell in group), cells=len(group)))
+            scored_samples=sum(cell.num_samples for cell in group),
+            distances=sum(1 + (cell.blocks if cell.blocks > 1 else 0) for cell in group)))
     return works
 
 

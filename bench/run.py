@@ -194,7 +194,7 @@ class Runner:
         spec = get_dataset(cell.dataset)
         features, reference = self.metric(spec)
         if cell.conditioning is None:
-            return FrechetAccumulator(features, reference, device=self.device)
+            return FrechetAccumulator(features, reference, device=self.device, blocks=cell.blocks)
         from bench.clip_score import load_clip_score
         from bench.text_image_metrics import TextImageAccumulator
 
@@ -203,7 +203,7 @@ class Runner:
                                          cache_dir=self.cache_dir)
         self._clip.reset()
         return TextImageAccumulator(self.denoiser(cell), features, reference, self._clip,
-                                    device=self.device)
+                                    device=self.device, blocks=cell.blocks)
 
     def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
         from bench import edm, inception
@@ -347,7 +347,7 @@ class Runner:
             with clock.batch(len(batch)):
                 samples = self._batch(cell, start, correction)
             began = time.perf_counter()
-            accumulator.update(samples, start[1])
+            accumulator.update(samples, start[1], seeds=batch)
             _sync(self.device)
             metric_s += time.perf_counter() - began
             if sink is not None:
@@ -435,6 +435,9 @@ class Runner:
             # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
             "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
             "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
+            # Error bars (bench.metrics): the metric without each seed block, its jackknife SE.
+            "blocks": cell.blocks, "value_blocks": extra.get("value_blocks"),
+            "value_se": extra.get("value_se"),
         }
 
     def run(self, cells: list[Cell]) -> list[dict]:
@@ -482,7 +485,7 @@ def _overrides(args: Namespace) -> Overrides:
         num_samples=args.num_samples, batch_size=args.batch_size, dtype=args.dtype,
         precision=args.precision, model_path=args.model_path, ref_stats=args.ref_stats,
         inception_weights=args.inception_weights, guidance=args.guidance, prompt=args.prompt,
-        captions=args.captions, clip_model=args.clip_model,
+        captions=args.captions, clip_model=args.clip_model, blocks=args.blocks,
     )
 
 

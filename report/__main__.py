@@ -17,6 +17,7 @@ from report.load import DEFAULT_STORE, SUSPECT_MARK, ReportInputError, latest_pe
 from report.page import Section, TableFile, render
 from report.plots import dataset_figures, slug
 from report.tables import (
+    GAIN_NOTE,
     gain_table,
     metric_table,
     published_table,
@@ -78,7 +79,9 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
     """Tables and figures of one dataset, written under ``out``."""
     name = slug(dataset)
     tables = [TableFile(f"tables/{name}_{metric}", f"{metric.upper()} per NFE", metric_table(cells),
-                        "Best value per NFE in bold; PAS params: stored coordinates (range over NFEs).")]
+                        "Best value per NFE in bold; ± one standard error (jackknife over seed "
+                        "blocks) where rows have blocks; PAS params: stored coordinates (range "
+                        "over NFEs).")]
     if "clip_score" in cells and cells["clip_score"].notna().any():
         tables.append(TableFile(f"tables/{name}_clip_score", "CLIP score per NFE",
                                 metric_table(cells, "clip_score", higher_is_better=True),
@@ -87,7 +90,7 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
     gain = gain_table(cells)
     if gain is not None:
         tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement with PAS", gain,
-                                "(base - PAS) / base; positive means PAS is better."))
+                                GAIN_NOTE))
     tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
                             "Sampling time only (no metric, no PAS fitting, no warm-up batch), divided by the "
                             f"sample count; {SUSPECT_MARK} timed on a busy machine (timing_suspect)."))

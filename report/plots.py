@@ -89,6 +89,7 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
             data=data, x="nfe", y="value", hue="Solver", style="Sampler", units="method",
             estimator=None, style_order=[BASE, WITH_PAS], markers=True, palette=_palette(cells), ax=ax,
         )
+        bars = _error_bars(ax, data, _palette(cells))
         if _wants_log(data["value"]):
             ax.set_yscale("log")
         ax.set_xticks(sorted(data["nfe"].unique()))
@@ -96,7 +97,19 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
         _legend_outside(ax)
     stem = f"figures/{slug(dataset)}_metric_vs_nfe"
     _save(fig, out_dir, stem)
-    return FigureFile(stem, f"{metric.upper()} vs NFE", "Solid lines: base solvers; dashed: with PAS.")
+    note = " Error bars: ± one standard error (jackknife over seed blocks)." if bars else ""
+    return FigureFile(stem, f"{metric.upper()} vs NFE", "Solid lines: base solvers; dashed: with PAS." + note)
+
+
+def _error_bars(ax: object, data: pd.DataFrame, palette: dict) -> bool:
+    """± value_se at every point that has one, in its solver's colour; whether any was drawn."""
+    if "value_se" not in data:
+        return False
+    shown = data[data["value_se"].notna()]
+    for family, points in shown.groupby("family"):
+        ax.errorbar(points["nfe"], points["value"], yerr=points["value_se"].astype(float),
+                    fmt="none", ecolor=palette[family], elinewidth=1, capsize=2)
+    return not shown.empty
 
 
 def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile | None:

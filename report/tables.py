@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from report.load import SUSPECT_MARK
+from report.uncertainty import LEVEL, Gain, paired_gain
 
 SOLVER_NAMES = {
     "ddim": "DDIM",
@@ -49,6 +50,13 @@ def format_value(value: float) -> str:
     if abs(value) >= 1 or value == 0:
         return f"{value:.2f}"
     return f"{value:#.3g}"
+
+
+def with_error(value: float, se: float | None) -> str:
+    """``value +- se`` (SE to 2 significant figures), or the value alone without an SE."""
+    if se is None or pd.isna(se) or value is None or pd.isna(value):
+        return format_value(value)
+    return f"{format_value(value)} ± {se:#.2g}"
 
 
 def solver_label(name: str) -> str:
@@ -121,29 +129,62 @@ def metric_table(cells: pd.DataFrame, column: str = "value", higher_is_better: b
     they agree).
     """
     values = _pivot(cells, column).reindex(_method_order(cells))
-    text = values.map(format_value)
     best_values = values.max() if higher_is_better else values.min()
-    best = text.eq(best_values.map(format_value), axis=1) & values.notna()
+    best = values.map(format_value).eq(best_values.map(format_value), axis=1) & values.notna()
+    # The metric's jackknife SE over seed blocks, where the rows have one.
+    if column == "value" and "value_se" in cells and cells["value_se"].notna().any():
+        errors = _pivot(cells, "value_se").reindex(values.index)
+        text = values.combine(errors, lambda v, e: pd.Series(map(with_error, v, e), index=v.index))
+    else:
+        text = values.map(format_value)
     params = cells.groupby("method")["pas_params"].agg(_params_range) if "pas_params" in cells else None
     text["PAS params"] = params.reindex(text.index).fillna("") if params is not None else ""
     best["PAS params"] = False
     return Table(text=_str_columns(text), bold=_str_columns(best))
 
 
+def _format_gain(gain: Gain | None) -> str:
+    """``+4.6% ± 2.1%`` (shown bold when significant), ``+1.2% ± 2.1% (n.s.)`` when not,
+    ``+4.6%`` without blocks, blank without a pair."""
+    if gain is None:
+        return ""
+    if gain.se is None:
+        return f"{100 * gain.value:+.1f}%"
+    return f"{100 * gain.value:+.1f}% ± {100 * gain.se:.1f}%" + ("" if gain.significant else " (n.s.)")
+
+
 def gain_table(cells: pd.DataFrame) -> Table | None:
-    """PAS's relative improvement, (base - PAS) / base in percent, per solver family and NFE."""
-    base = _pivot(cells[~cells["pas"]], "value", index="family")
-    fitted = _pivot(cells[cells["pas"]], "value", index="method")
-    if fitted.empty:
+    """PAS's relative improvement, (base - PAS) / base in percent, per solver family and NFE, with
+    its paired jackknife SE where rows have seed blocks; significant gains (report.uncertainty:
+    the t interval at LEVEL excludes 0) are bold, the others marked "(n.s.)"."""
+    if not cells["pas"].any():
         return None
     family_of = cells[cells["pas"]].drop_duplicates("method").set_index("method")["family"]
-    order = [m for m in _method_order(cells) if m in fitted.index]
-    fitted = fitted.reindex(order)
-    base_rows = base.reindex(family_of[order].to_numpy()).set_axis(order)
-    gain = 100 * (base_rows - fitted) / base_rows
-    gain = gain.dropna(how="all").dropna(axis=1, how="all")
-    text = gain.map(lambda g: "" if pd.isna(g) else f"{g:+.1f}%")
-    return Table(text=_str_columns(text), bold=_str_columns(text.map(lambda _: False)))
+    order = [m for m in _method_order(cells) if m in family_of.index]
+    has_blocks = "value_blocks" in cells
+    sides = {}
+    for column in ("value", "value_blocks") if has_blocks else ("value",):
+        base = _pivot(cells[~cells["pas"]], column, index="family")
+        fitted = _pivot(cells[cells["pas"]], column, index="method").reindex(order)
+        sides[column] = (base.reindex(family_of[order].to_numpy()).set_axis(order), fitted)
+    (base, fitted), columns = sides["value"], sides["value"][1].columns.intersection(sides["value"][0].columns)
+    gains = pd.DataFrame(None, index=order, columns=columns, dtype=object)
+    for method in order:
+        for nfe in columns:
+            if pd.isna(base.at[method, nfe]) or pd.isna(fitted.at[method, nfe]):
+                continue
+            blocks = ([side.at[method, nfe] for side in sides["value_blocks"]] if has_blocks
+                      else [None, None])
+            gains.at[method, nfe] = paired_gain(base.at[method, nfe], fitted.at[method, nfe], *blocks)
+    gains = gains.dropna(how="all").dropna(axis=1, how="all")
+    text = gains.map(_format_gain)
+    bold = gains.map(lambda g: bool(g is not None and g.significant))
+    return Table(text=_str_columns(text), bold=_str_columns(bold))
+
+
+GAIN_NOTE = (f"(base - PAS) / base; positive means PAS is better. ± one standard error, jackknife "
+             f"over the seed blocks the base and PAS cells share (paired). Bold: significant, the "
+             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not.")
 
 
 def time_table(cells: pd.DataFrame) -> Table:
@@ -265,7 +306,8 @@ def _styler(table: Table, bold_props: str, escape: str) -> pd.io.formats.style.S
 def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (no float environment), ready for ``\\input``; text is LaTeX-escaped."""
     spec = "".join(a[0] for a in table.alignments())
-    return _styler(table, "textbf:--rwrap;", "latex").to_latex(hrules=True, column_format=spec)
+    latex = _styler(table, "textbf:--rwrap;", "latex").to_latex(hrules=True, column_format=spec)
+    return latex.replace("±", r"$\pm$")
 
 
 def to_html(table: Table, table_id: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from store_factory import NFES, make_row, write_rows
 
@@ -153,3 +154,36 @@ def test_suspect_timings_are_skipped_and_reported(tmp_path: Path, baseline: Path
         ["gmm2d", "ipndm", "4", "False"]]
     assert main([str(baseline), str(both)]) == 0  # no --time-tol: nothing timed, nothing skipped
     assert "time check skipped" not in capsys.readouterr().out
+
+
+def _with_se(row: dict, se: float, shift: float = 0.0) -> dict:
+    return {**row, "value": row["value"] + shift, "value_se": se}
+
+
+@pytest.mark.parametrize("in_se, flagged", [(5.0, True), (0.5, False)])
+def test_metric_change_is_judged_against_combined_standard_errors(
+        tmp_path: Path, in_se: float, flagged: bool, capsys: pytest.CaptureFixture) -> None:
+    """Both sides have SE 0.01, so the combined SE is 0.01 * sqrt(2); a rise of 5 of them is a
+    regression even at tolerance 0, a rise of 0.5 is noise (a near miss: it passes the tolerance)."""
+    se = 0.01
+    shift = in_se * se * np.sqrt(2)
+    base = write_rows(tmp_path / "b" / "run.jsonl", [_with_se(row, se) for row in rows()])
+    target = make_row("gmm2d", "ddim", 6, False)["config_hash"]
+    cand = write_rows(tmp_path / "c" / "run.jsonl", [
+        _with_se(row, se, shift if row["config_hash"] == target else 0.0) for row in rows()])
+    assert main([str(base), str(cand), "--metric-tol", "0"]) == (1 if flagged else 0)
+    line, = [line for line in capsys.readouterr().out.splitlines() if " fd " in line]
+    assert line.split()[:4] == ["gmm2d", "ddim", "6", "False"]
+    assert f"{in_se:+.2f}" in line and ("WORSE" in line) == flagged and ("near miss" in line) != flagged
+    # z = 0 is the plain tolerance: the small rise is flagged too.
+    assert main([str(base), str(cand), "--metric-tol", "0", "--z", "0"]) == 1
+
+
+def test_rows_without_standard_errors_use_the_tolerance_alone(
+        tmp_path: Path, baseline: Path, capsys: pytest.CaptureFixture) -> None:
+    value = make_row("gmm2d", "ipndm", 6, True)["value"]
+    cand = write_rows(tmp_path / "c" / "run.jsonl", [
+        _with_se(row, 1.0, value * 1e-6 if row["solver"] == "ipndm" and row["nfe"] == 6
+                 and row["pas"] else 0.0) for row in rows()])
+    assert main([str(baseline), str(cand)]) == 1  # the baseline has no value_se: SE 1.0 is moot
+    assert "no SE" in capsys.readouterr().out

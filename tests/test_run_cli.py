@@ -38,6 +38,7 @@ BAD_ARGS = [
     (["--shard", "2/2"], "--shard 2/2"),
     (["--shard", "one/two"], "--shard must look like i/N"),
     (["--num-samples", "-3"], "positive integer"),
+    (["--blocks", "0"], "positive integer"),
     (["--num-samples", "1", "--datasets", "gmm2d"],
      "gmm2d: the fd metric needs at least 2 samples per cell for its covariance, got --num-samples 1"),
     (["--datasets", ","], "argument --datasets: expected a name, got ','"),
@@ -60,6 +61,10 @@ BAD_GRIDS = [
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nnum_samples = 1.5",
      "num_samples must be a positive integer"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nsamples = 3", "unknown key 'samples'"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\nblocks = 0",
+     "[grid] blocks must be a positive integer"),
+    ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[datasets.gmm2d]\nblocks = -1",
+     "[datasets.gmm2d] blocks must be a positive integer"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\npas = 'sometimes'", "[grid] pas"),
     ("[grid]\ndatasets = ['gmm2d']\nsolvers = ['ddim']\nnfe = [5]\n[solver_options.ddim]\norder = 2",
      "ddim does not take option 'order'"),
@@ -152,7 +157,7 @@ def test_help_explains_every_option(capsys):
     for option in ("--grid", "--datasets", "--solvers", "--nfe", "--pas", "--num-samples",
                    "--batch-size", "--device", "--dtype", "--out", "--cache-dir", "--force",
                    "--shard", "--dry-run", "--quiet", "--save-images", "--precision",
-                   "--model-path", "--ref-stats", "--inception-weights"):
+                   "--model-path", "--ref-stats", "--inception-weights", "--blocks"):
         assert option in text
 
 
@@ -186,7 +191,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, tiny, capsys):
                    "digits": 2 * 300 * 4 + 2 * 64 * 4 + 64 * 200}
     for name, count in evaluations.items():
         assert f"  {name}: " in text and f"({count:,} evaluations at " in text
-        assert "metric 600 samples at " in text and "+ 2 x " in text
+        assert "metric 600 samples at " in text and "+ 22 distances x " in text  # 2 cells x (1 + 10 blocks)
     assert "downloads: none" in text
     assert not list(out.glob("*.jsonl")) and not cache.exists()
 
@@ -205,12 +210,12 @@ def test_corrupt_cached_artifact_is_a_user_error(tmp_path, tiny, capsys):
 def test_time_estimate_scales_timed_costs_by_the_plan():
     costs = Costs(evaluation_s=2e-6, metric_sample_s=1e-6, metric_cell_s=0.5, metric_setup_s=3.0)
     work = Work(get_dataset("digits"), "float32", 1000, evaluations=1_000_000,
-                scored_samples=40_000, cells=4)
+                scored_samples=40_000, distances=4)
     assert seconds(costs, work) == pytest.approx(2.0 + 0.04 + 2.0 + 3.0, rel=1e-12)
 
 
 def test_checkpoint_datasets_get_no_estimate_and_load_nothing():
-    cifar = Work(get_dataset("cifar10"), "float32", 500, evaluations=10, scored_samples=2, cells=1)
+    cifar = Work(get_dataset("cifar10"), "float32", 500, evaluations=10, scored_samples=2, distances=1)
     assert describe([cifar], torch.device("cpu")) == [
         "estimated time: no estimate",
         "  cifar10: no estimate (checkpoint network; --dry-run loads none)"]

@@ -21,6 +21,8 @@ def test_batch_size_does_not_change_the_numbers(tmp_path):
     small, large = by_hash(results[7]), by_hash(results[64])
     assert len(small) == 8  # batch size is not in the hash: the same 8 cells
     assert_same_numbers(small, large)
+    # Seed blocks (n mod 10) are the same whatever the batches: the same block values.
+    assert {row["blocks"] for row in small.values()} == {10}
     assert {row["batch_size"] for row in results[7]} == {7}
 
 
@@ -34,6 +36,13 @@ def test_shards_cover_the_grid_once(tmp_path):
     assert len(list(out.glob("*.jsonl"))) == 3
     assert sorted((r["dataset"], r["solver"]) for r in rows) == sorted(
         (d, s) for d in ("gmm2d", "digits") for s in ("ddim", "dpmpp"))
+    # A cell's block values do not depend on which shard ran it, nor on the batch size.
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "whole"), "--cache-dir", str(cache),
+                 "--pas", "off", "--batch-size", "50", "--quiet"]) == 0
+    whole = by_hash(read_rows(tmp_path / "whole"))
+    for key, row in by_hash(rows).items():
+        assert row["value_blocks"] == pytest.approx(whole[key]["value_blocks"], rel=1e-10, abs=0)
+        assert row["value_se"] == pytest.approx(whole[key]["value_se"], rel=1e-8, abs=0)
 
 
 @pytest.mark.invariance
