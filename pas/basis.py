@@ -22,8 +22,9 @@ from torch import Tensor
 from solvers.context import StepContext
 
 F64 = torch.float64
-# BasisTracker works through a batch in chunks of about this many bytes of float64 rows.
-_CHUNK_BYTES = 1 << 23
+# BasisTracker works through a batch in chunks of about this many bytes of float64 rows (bounds
+# the temporaries; smaller chunks multiply the per-chunk overhead of the small m x m algebra).
+_CHUNK_BYTES = 1 << 26
 
 
 def relative_floor(dtype: torch.dtype, m: int) -> float:
@@ -208,8 +209,7 @@ class BasisTracker:
         return list(enumerate(wanted))[first:]
 
     def _chunks(self) -> list[slice]:
-        """Sample ranges whose float64 rows take about _CHUNK_BYTES (they then stay in cache while
-        a step's work runs over them)."""
+        """Sample ranges whose float64 rows take about _CHUNK_BYTES."""
         batch, slots, dim = self._rows.shape
         size = max(1, _CHUNK_BYTES // (slots * dim * 8))
         return [slice(start, start + size) for start in range(0, batch, size)]

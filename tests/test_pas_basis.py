@@ -102,9 +102,12 @@ def test_noise_floor_and_combine():
         build_basis(x, d, buf, x_T, 0)
 
 
-def test_tracker_matches_the_stateless_basis_along_a_trajectory():
+@pytest.mark.parametrize("chunk_bytes", [1 << 26, 1])
+def test_tracker_matches_the_stateless_basis_along_a_trajectory(monkeypatch, chunk_bytes):
     """BasisTracker grows its Gram matrix step by step, skips the steps a sampler does not
-    correct, and restarts for a new batch; each step's basis equals build_basis's."""
+    correct, and restarts for a new batch; each step's basis equals build_basis's, whether the
+    batch is one chunk or one chunk per sample."""
+    monkeypatch.setattr("pas.basis._CHUNK_BYTES", chunk_bytes)
     import solvers
     from bench.datasets import get_dataset
     from pas.basis import BasisTracker
