@@ -5,12 +5,12 @@ samples and chosen so that this matches the teacher's state. All three losses ar
 q <= 4 coordinates, and the default (``optimizer="exact"``) finds their minimiser:
 
 * L2 is linear least squares: closed form.
-* pseudo-Huber depends on each sample's residual only through its norm, and with orthonormal
-  basis rows that norm is a quadratic in c with per-sample q x q data, so one pass over the data
-  reduces the problem to S tiny quadratics, then minimised by damped Newton.
-* L1 is minimised by iteratively reweighted least squares with a backtracking line search on the
-  true loss (each iteration two passes over the data), first on a fixed subsample of the residuals
-  and then polished on all of them, so only a few full passes are needed.
+* pseudo-Huber depends on each sample's residual only through its norm, a quadratic in c with
+  per-sample q x q data (U_s U_s^T, U_s o_s, |o_s|^2), so one pass over the data reduces the
+  problem to S tiny quadratics, then minimised by damped Newton.
+* L1 (see ``l1_coords``): Huber continuation on a stride through the residuals, then Huber on
+  the residuals nearest zero with the others as sign-fixed linear terms, then a small linear
+  programme that is exact within its box; only a few passes touch all residuals.
 
 ``optimizer="adam"`` is the reference's full-batch Adam from the reference start (§4.1, §5), kept
 for paper parity.
