@@ -438,8 +438,10 @@ def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
     return costs
 
 
-def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
-    """Denoiser evaluations (per sample, summed) the cells will make, by purpose.
+def _evaluation_counts(cells: list[Cell], cache_dir: Path,
+                       teachers: list[dict[str, Any]]) -> dict[str, int]:
+    """Denoiser evaluations (per sample, summed) the cells will make, by purpose; ``teachers`` is
+    ``teacher_cost`` of a plan that contains them (its groups of these cells' datasets count).
 
     PAS counts assume nothing is cached except artifacts and teacher solves already on disk.
     """
@@ -458,7 +460,9 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path) -> dict[str, int]:
             seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                       settings["holdout"])
             counts["pas_search"] += len(seeds) * cell.nfe
-    counts["pas_teacher"] = sum(cost["evaluations"] for cost in teacher_cost(cells, cache_dir))
+    datasets = {cell.dataset for cell in cells}
+    counts["pas_teacher"] = sum(cost["evaluations"] for cost in teachers
+                                if cost["dataset"] in datasets)
     counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
     return counts
 
@@ -479,14 +483,15 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
     return list(found.values())
 
 
-def _work(cells: list[Cell], cache_dir: Path) -> list[estimate.Work]:
+def _work(cells: list[Cell], cache_dir: Path,
+          teachers: list[dict[str, Any]]) -> list[estimate.Work]:
     """Per dataset: the evaluations, scored samples and cells ``cells`` ask for."""
     works = []
     for name in dict.fromkeys(cell.dataset for cell in cells):
         group = [cell for cell in cells if cell.dataset == name]
         works.append(estimate.Work(
             get_dataset(name), group[0].dtype, group[0].batch_size,
-            evaluations=sum(_evaluation_counts(group, cache_dir).values()),
+            evaluations=sum(_evaluation_counts(group, cache_dir, teachers).values()),
             scored_samples=sum(cell.num_samples for cell in group),
             distances=sum(1 + (cell.blocks if cell.blocks > 1 else 0) for cell in group)))
     return works
@@ -504,13 +509,15 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
              for cell in cells]
     headers = ["#", "dataset", "solver", "nfe", "pas", "schedule", "samples", "batch",
                "evaluations", "status", "config_hash"]
-    counts = _evaluation_counts(todo, cache_dir)
+    # One teacher cost per plan: it builds the analytic denoisers and the shared grids.
+    teachers = teacher_cost(todo, cache_dir)
+    counts = _evaluation_counts(todo, cache_dir, teachers)
     skipped = len(cells) - len(todo)
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
     lines = [tabulate(table, headers=headers, intfmt=","),
              f"cells: {len(cells)} selected, {len(todo)} to run, {skipped} already in the store",
              f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
-             *estimate.describe(_work(todo, cache_dir), device)]
+             *estimate.describe(_work(todo, cache_dir, teachers), device)]
     lines.extend(
         f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
         + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "
@@ -518,7 +525,7 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
            f"{cost['stored_bytes'] / 2**30:,.1f} GiB of states in the cache"
            if cost["grid_steps"] else "already in the cache")
         + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
-        for cost in teacher_cost(todo, cache_dir))
+        for cost in teachers)
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

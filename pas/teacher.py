@@ -205,11 +205,6 @@ def seed_range(seeds: Sequence[int]) -> list[int] | None:
     return None
 
 
-def _seed_key(seeds: Sequence[int]) -> Any:
-    span = seed_range(seeds)
-    return {"range": span} if span else {"sha256": config_hash({"seeds": [int(s) for s in seeds]})}
-
-
 def _identity(denoiser, seeds: Sequence[int], teacher: str, dtype: torch.dtype) -> dict[str, Any]:
     """Everything besides the grid and the seeds' count that determines the teacher's states."""
     span = seed_range(seeds)
@@ -221,7 +216,10 @@ def _identity(denoiser, seeds: Sequence[int], teacher: str, dtype: torch.dtype) 
         "sigma_max": float(denoiser.sigma_max),
         "teacher": teacher,
         # A range of seeds is served by any stored range with the same start that is as long.
-        "seeds": {"start": span[0]} if span else _seed_key(seeds),
+        "seeds": (
+            {"start": span[0]} if span
+            else {"sha256": config_hash({"seeds": [int(s) for s in seeds]})}
+        ),
         "dtype": str(dtype).removeprefix("torch."),
         "label_dim": int(denoiser.label_dim),
     }
