@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import solvers
 from pas.artifact import PASArtifact, PASCorrection, StepSearch
-from pas.basis import BasisTracker, combine, n_coords
+from pas.basis import BasisTracker
 from pas.cache import default_cache_dir
 from pas.search import (
     OPTIMIZERS,
@@ -115,10 +115,8 @@ class FittingHook:
         # The solver steps with x + dt * d for a Python float dt; predict states the same way.
         dt = float(ctx.t_next) - float(ctx.t_cur)
         full = self.tracker.basis(ctx)
-        q = n_coords(full)
-        # Coordinate-major [q, S, D]: the optimisers' passes then read each coordinate's block.
-        basis = torch.empty(q, *x.shape, dtype=x.dtype, device=x.device)
-        basis.copy_(full[:, :q].transpose(0, 1))
+        q = full.size
+        basis = full.vectors[:q].reshape(q, *x.shape)
         direction = ctx.direction.reshape(samples, -1)
         before = loss_value(self.settings.loss, torch.add(x, direction, alpha=dt) - target).item()
         start = torch.zeros(q, dtype=x.dtype, device=x.device)
@@ -126,7 +124,7 @@ class FittingHook:
         began = self.clock.add("basis", began)
         coords, epochs = fit_coords(x - target, basis, dt, start, self.settings)
         began = self.clock.add("optimizer", began)
-        corrected = combine(full, coords, ctx.direction)
+        corrected = full.combine(coords, ctx.direction)
         # The state the solver will reach with the stored coordinates, and its loss (decision 0.5).
         reached = torch.add(x, corrected.reshape(samples, -1), alpha=dt)
         after = loss_value(self.settings.loss, reached - target).item()

@@ -10,11 +10,16 @@ float64 matrices: the basis is a coefficient matrix C [k, m] per sample (``U = C
 the Gram matrix, two m-vectors of inner products and the final combination touch the D-dimensional
 rows. ``BasisTracker`` keeps float64 copies of a trajectory's rows and grows their Gram matrix by
 one or two rows per step, so a step costs O(m D) instead of O(m^2 D).
+
+A step's basis is handed out as :class:`Basis`: the vectors coordinate-major ([k, B, D], so the
+coordinate fit reads each coordinate's block in one stride) in the data's dtype, and the number
+of leading coordinates the data support.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -115,29 +120,27 @@ def _flat64(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).to(F64)
 
 
-def build_basis(
-    x_cur: Tensor, direction: Tensor, buffer: Sequence[Tensor], x_T: Tensor, k: int
-) -> Tensor:
-    """The orthonormal PAS basis U [B, k, D] (D = flattened sample size), in x_cur's dtype.
+@dataclass(frozen=True)
+class Basis:
+    """The PAS basis of one step for a batch of B samples.
 
-    ``buffer`` is the ordered list of earlier vectors (x_T when use_xT, then the directions used),
-    each shaped like x_cur. Row j of U is the j-th basis vector of each sample, or zero where the
-    data do not support a j-th direction (a principal direction at rounding level, or one that
-    Gram-Schmidt finds dependent on the earlier rows). This is the stateless form of what
-    ``BasisTracker`` computes step by step.
+    ``vectors`` [k, B, D] holds u_{s,j} at [j, s] (zero where the data do not support a j-th
+    direction); ``size`` is how many leading coordinates any sample supports.
     """
-    rows = torch.stack([_flat64(t) for t in (*buffer, direction)], dim=1)
-    x_T64 = _flat64(x_T)
-    gram = rows @ rows.transpose(1, 2)
-    progress = (rows @ (_flat64(x_cur) - x_T64)[..., None])[..., 0]
-    start = (rows @ x_T64[..., None])[..., 0]
-    floor = relative_floor(x_cur.dtype, rows.shape[1])
-    coef = basis_coefficients(gram, progress, start, k, floor)
-    return materialise(coef, rows, floor).to(x_cur.dtype)
+
+    vectors: Tensor
+    size: int
+
+    def combine(self, coords: Tensor, like: Tensor) -> Tensor:
+        """sum_j c_j u_j over the first len(coords) vectors, shaped like ``like``."""
+        q = coords.shape[0]
+        mixed = coords.to(self.vectors) @ self.vectors[:q].reshape(q, -1)
+        return mixed.reshape(like.shape).to(like.dtype)
 
 
-def materialise(coef: Tensor, rows: Tensor, floor: float) -> Tensor:
-    """The basis vectors U = coef @ rows [n, k, D] (float64), re-orthonormalised in D-space.
+def _orthonormal_vectors(coef: Tensor, rows: Tensor, floor: float) -> tuple[Tensor, Tensor]:
+    """The basis vectors U = coef @ rows [n, k, D] (float64), re-orthonormalised in D-space, and
+    which of them are non-zero [n, k].
 
     The coefficients come from inner products of rows of very different sizes (x_T is ~t_0 times
     larger than a direction), so U's rows are orthonormal only to ~1e-7, and a row can be
@@ -152,21 +155,43 @@ def materialise(coef: Tensor, rows: Tensor, floor: float) -> Tensor:
     eye = torch.eye(k, dtype=F64, device=overlap.device).expand(n, k, k)
     # Row j of `mix` holds the coefficients of q_j over U's rows: Q = mix @ U.
     mix = torch.zeros_like(overlap)
+    kept = torch.zeros(n, k, dtype=torch.bool, device=overlap.device)
     for j in range(k):
         t = eye[:, j]
         for _ in range(2):
             along = mix @ (overlap @ t[..., None])  # <q_i, t> for every earlier q_i
             t = t - (along.transpose(1, 2) @ mix)[:, 0]
-        norm = _metric_dot(t, overlap, t).clamp(min=0.0).sqrt()[:, None]
-        keep = norm > floor * overlap[:, j, j, None].clamp(min=0.0).sqrt()
-        mix[:, j] = torch.where(keep, t / norm.where(keep, 1.0), 0.0)
-    return mix @ basis
+        norm = _metric_dot(t, overlap, t).clamp(min=0.0).sqrt()
+        kept[:, j] = norm > floor * overlap[:, j, j].clamp(min=0.0).sqrt()
+        mix[:, j] = torch.where(kept[:, j, None], t / norm.where(kept[:, j], 1.0)[:, None], 0.0)
+    return mix @ basis, kept
 
 
-def n_coords(basis: Tensor) -> int:
-    """How many leading coordinates the data support: 1 + the last row non-zero for any sample."""
-    used = basis.abs().amax(dim=tuple(d for d in range(basis.dim()) if d != 1)) > 0
+def _size(kept: Tensor) -> int:
+    """1 + the last basis row that any sample keeps (at least 1)."""
+    used = kept.any(dim=0)
     return int(used.nonzero().max()) + 1 if used.any() else 1
+
+
+def build_basis(
+    x_cur: Tensor, direction: Tensor, buffer: Sequence[Tensor], x_T: Tensor, k: int
+) -> Basis:
+    """The orthonormal PAS basis of a batch, vectors in x_cur's dtype.
+
+    ``buffer`` is the ordered list of earlier vectors (x_T when use_xT, then the directions used),
+    each shaped like x_cur. Vector j of a sample is zero where the data do not support a j-th
+    direction (a principal direction at rounding level, or one that Gram-Schmidt finds dependent
+    on the earlier rows). This is the stateless form of what ``BasisTracker`` computes step by step.
+    """
+    rows = torch.stack([_flat64(t) for t in (*buffer, direction)], dim=1)
+    x_T64 = _flat64(x_T)
+    gram = rows @ rows.transpose(1, 2)
+    progress = (rows @ (_flat64(x_cur) - x_T64)[..., None])[..., 0]
+    start = (rows @ x_T64[..., None])[..., 0]
+    floor = relative_floor(x_cur.dtype, rows.shape[1])
+    coef = basis_coefficients(gram, progress, start, k, floor)
+    vectors, kept = _orthonormal_vectors(coef, rows, floor)
+    return Basis(vectors.transpose(0, 1).to(x_cur.dtype), _size(kept))
 
 
 class BasisTracker:
@@ -184,19 +209,25 @@ class BasisTracker:
         self.k = k
         self.use_xT = use_xT
         self._x_T: Tensor | None = None
-        self._rows = self._gram = torch.empty(0)
+        self._rows = self._gram = self._vectors = torch.empty(0)
         self._stored: list[Tensor] = []  # the tensor behind each filled slot (identity checks)
 
     def _start(self, ctx: StepContext) -> None:
         batch, slots = ctx.x_T.shape[0], ctx.num_steps + 2
-        dim = ctx.x_T[0].numel()
-        self._rows = torch.empty(batch, slots, dim, dtype=F64, device=ctx.x_T.device)
-        self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
+        shape = (batch, slots, ctx.x_T[0].numel())
+        # A batch like the last one reuses its buffers: fresh ones of this size would be paged in
+        # again, which costs about as much as filling them.
+        if self._rows.shape != shape or self._rows.device != ctx.x_T.device:
+            self._rows = torch.empty(shape, dtype=F64, device=ctx.x_T.device)
+            self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
+        vectors = (self.k, batch, shape[2])
+        if self._vectors.shape != vectors or self._vectors.dtype != ctx.x_cur.dtype:
+            self._vectors = torch.empty(vectors, dtype=ctx.x_cur.dtype, device=ctx.x_T.device)
         self._x_T = ctx.x_T
         self._stored = []
 
-    def _pending(self, ctx: StepContext) -> list[tuple[int, Tensor]]:
-        """The (slot, row) pairs to write so the slots hold [x_T, *ctx.used, ctx.direction]."""
+    def _pending(self, ctx: StepContext) -> list[int]:
+        """The slots to (re)write so the slots hold [x_T, *ctx.used, ctx.direction]."""
         if ctx.index == 0 or ctx.x_T is not self._x_T or ctx.num_steps + 2 != self._rows.shape[1]:
             self._start(ctx)
         wanted = (ctx.x_T, *ctx.used, ctx.direction)
@@ -206,7 +237,7 @@ class BasisTracker:
             len(wanted),
         )
         self._stored = list(wanted)
-        return list(enumerate(wanted))[first:]
+        return list(range(first, len(wanted)))
 
     def _chunks(self) -> list[slice]:
         """Sample ranges whose float64 rows take about _CHUNK_BYTES."""
@@ -214,45 +245,43 @@ class BasisTracker:
         size = max(1, _CHUNK_BYTES // (slots * dim * 8))
         return [slice(start, start + size) for start in range(0, batch, size)]
 
-    def _chunk_basis(self, part: slice, pending, ctx: StepContext, count: int) -> Tensor:
-        """Write the pending rows of samples ``part`` with their inner products, then build their
-        basis (coefficients over the m rows, then the D-space vectors)."""
+    def _chunk_basis(self, part: slice, pending: list[int], ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """Write the pending rows of samples ``part`` and their inner products (one pass over the
+        rows, which also gives the sign rule's products with x_cur - x_T), then build their
+        basis: vectors [n, k, D] float64 and which are non-zero."""
         rows, gram = self._rows[part], self._gram[part]
-        for slot, row in pending:
-            rows[:, slot].copy_(row[part].reshape(rows.shape[0], -1))
-            dots = (rows[:, : slot + 1] @ rows[:, slot, :, None])[..., 0]
-            gram[:, slot, : slot + 1] = dots
-            gram[:, : slot + 1, slot] = dots
+        n, count = rows.shape[0], len(self._stored)
+        for slot in pending:
+            rows[:, slot].copy_(self._stored[slot][part].reshape(n, -1))
+        shift = ctx.x_cur[part].reshape(n, -1).to(F64) - rows[:, 0]
+        probes = torch.stack([rows[:, slot] for slot in pending] + [shift], dim=1)
+        dots = rows[:, :count] @ probes.transpose(1, 2)
+        for column, slot in enumerate(pending):
+            gram[:, :count, slot] = dots[:, :, column]
+            gram[:, slot, :count] = dots[:, :, column]
         first = 0 if self.use_xT else 1
-        chosen = rows[:, first:count]
-        shift = ctx.x_cur[part].reshape(rows.shape[0], -1).to(F64) - rows[:, 0]
-        progress = (chosen @ shift[..., None])[..., 0]
         floor = relative_floor(ctx.x_cur.dtype, count - first)
         coef = basis_coefficients(
-            gram[:, first:count, first:count], progress, gram[:, first:count, 0], self.k, floor
+            gram[:, first:count, first:count], dots[:, first:, -1], gram[:, first:count, 0],
+            self.k, floor,
         )
-        return materialise(coef, chosen, floor)
+        return _orthonormal_vectors(coef, rows[:, first:count], floor)
 
-    def basis(self, ctx: StepContext) -> Tensor:
-        """U [B, k, D] of step ``ctx``, float64."""
+    def basis(self, ctx: StepContext) -> Basis:
+        """The basis of step ``ctx``, vectors in ``ctx.x_cur``'s dtype.
+
+        The vectors live in a buffer of the tracker: they are valid until its next call.
+        """
         pending = self._pending(ctx)
-        count = len(ctx.used) + 2
-        batch, _, dim = self._rows.shape
-        out = torch.empty(batch, self.k, dim, dtype=F64, device=self._rows.device)
+        kept = torch.empty(self._rows.shape[0], self.k, dtype=torch.bool, device=self._rows.device)
         for part in self._chunks():
-            out[part] = self._chunk_basis(part, pending, ctx, count)
-        return out
+            chunk, kept[part] = self._chunk_basis(part, pending, ctx)
+            self._vectors[:, part] = chunk.transpose(0, 1)
+        return Basis(self._vectors, _size(kept))
 
     def corrected(self, ctx: StepContext, coords: Tensor) -> Tensor:
         """The corrected direction sum_j c_j u_j of step ``ctx``, shaped like ``ctx.direction``.
 
         ``coords`` may be shorter than k: the first len(coords) basis vectors are used.
         """
-        return combine(self.basis(ctx), coords, ctx.direction)
-
-
-def combine(basis: Tensor, coords: Tensor, like: Tensor) -> Tensor:
-    """sum_j c_j u_j over the first len(coords) rows of ``basis`` [B, k, D], shaped like ``like``."""
-    q = coords.shape[0]
-    mixed = (coords.to(basis)[None, None, :] @ basis[:, :q])[:, 0]
-    return mixed.reshape(like.shape).to(like.dtype)
+        return self.basis(ctx).combine(coords, ctx.direction)

@@ -239,11 +239,6 @@ def _huber_newton(
     return c
 
 
-def _column_lengths(design: Tensor) -> Tensor:
-    # An outer sum: a strided norm over dim 0 is many times slower.
-    return (design * design).sum(dim=0).sqrt_().clamp_(min=torch.finfo(F64).tiny)
-
-
 def _lp_step(design: Tensor, offset: Tensor, linear: Tensor, half_width: float) -> Tensor:
     """The exact minimiser of sum_n |o_n + a_n . d| + linear . d over the box |d_j| <= half_width,
     as a linear programme (HiGHS): min sum t + linear . d with -t <= o + A^T d <= t."""
@@ -267,35 +262,47 @@ def _lp_step(design: Tensor, offset: Tensor, linear: Tensor, half_width: float) 
 
 
 class _L1Problem:
-    """sum_n |o_n + a_n . c| + linear . c over residual elements n, with a = dt * u
-    (coordinate-major [q, N]); ``linear`` carries the terms of residuals left out as sign-fixed."""
+    """sum_n |o_n + a_n . c| + linear . c over residual elements n, with a_n = scale * design[:, n]
+    (design coordinate-major [q, N]); ``linear`` carries the terms of residuals left out as
+    sign-fixed. ``scale`` lets the full problem use the caller's basis as it is: scaling the q
+    coordinates costs nothing, scaling the q x N design would cost a pass and a copy."""
 
-    def __init__(self, design: Tensor, offset: Tensor, linear: Tensor | None = None):
+    def __init__(self, design: Tensor, offset: Tensor, linear: Tensor | None = None,
+                 scale: Tensor | None = None):
         self.design = design
         self.offset = offset
         q = design.shape[0]
         self.linear = torch.zeros(q, dtype=F64, device=design.device) if linear is None else linear
+        self.scale = torch.ones(q, dtype=F64, device=design.device) if scale is None else scale
         self._lengths: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
-        """|a_n| for every residual (computed once)."""
+        """|a_n| for every residual (computed once, one pass per coordinate)."""
         if self._lengths is None:
-            self._lengths = _column_lengths(self.design)
+            weights = self.scale.square().tolist()
+            squares = torch.mul(self.design[0], self.design[0]).mul_(weights[0])
+            for row, weight in zip(self.design[1:], weights[1:]):
+                squares.addcmul_(row, row, value=weight)
+            self._lengths = squares.sqrt_().clamp_(min=torch.finfo(squares.dtype).tiny)
         return self._lengths
+
+    def _part(self, index, offset: Tensor, linear: Tensor | None = None) -> _L1Problem:
+        """The problem on the residuals ``index`` selects, its design scaled (so small problems
+        need no ``scale``)."""
+        design = self.design[:, index] * self.scale.to(self.design)[:, None]
+        return _L1Problem(design, offset, linear)
 
     def subsample(self, count: int) -> _L1Problem:
         stride = max(1, self.offset.numel() // count)
-        if stride == 1:
-            return self
-        return _L1Problem(self.design[:, ::stride].contiguous(), self.offset[::stride].contiguous())
+        return self._part(slice(None, None, stride), self.offset[::stride].contiguous())
 
     def residual(self, coords: Tensor) -> Tensor:
-        return torch.addmv(self.offset, self.design.T, coords.to(self.design))
+        return torch.addmv(self.offset, self.design.T, (self.scale * coords).to(self.design))
 
     def huber(self, coords: Tensor, factors: Sequence[float], radius: float = math.inf) -> Tensor:
         """Huber continuation from ``coords``: delta = factor x the mean |residual| there, for each
-        factor; the result stays within ``radius`` of the origin."""
+        factor; the result stays within ``radius`` of the origin (a problem without ``scale``)."""
         scale = max(float(self.residual(coords).abs().mean()), torch.finfo(F64).tiny)
         coords = coords.to(F64)
         for factor in factors:
@@ -312,17 +319,19 @@ class _L1Problem:
         linear in d and joins ``linear``.
         """
         r = self.residual(coords)
-        ratio = r.abs().div_(self.lengths)
         if count >= r.numel():
-            return _L1Problem(self.design, r, self.linear.clone()), limit
+            return self._part(slice(None), r, self.linear.clone()), limit
+        ratio = r.abs().div_(self.lengths)
         # The radius that keeps about `count` residuals, estimated on a stride through them.
         stride = max(1, r.numel() // SUBSAMPLE)
         sample = ratio[::stride]
         rank = max(1, min(sample.numel(), count // stride))
         radius = min(limit, float(sample.kthvalue(rank).values))
         keep = ratio <= radius
-        linear = self.linear + (self.design @ torch.where(keep, 0.0, r.sign())).to(F64)
-        return _L1Problem(self.design[:, keep], r[keep], linear), radius
+        kept = r[keep]
+        signs = r.sign_().masked_fill_(keep, 0.0)  # r is not needed any more
+        linear = self.linear + self.scale * (self.design @ signs).to(F64)
+        return self._part(keep, kept, linear), radius
 
 
 def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:
@@ -335,17 +344,15 @@ def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor
     and looks again; an LP solution on the box's edge retries with more points; one inside the box
     is the minimiser (convexity).
     """
-    design = dt * basis.reshape(basis.shape[0], -1)
+    design = basis.reshape(basis.shape[0], -1)
     q = design.shape[0]
-    # Whitened coordinates w = L^T c (L L^T = the design's Gram matrix, from the stride): a ball
-    # in w is a region of equal loss curvature in every direction, so the radii below fit.
-    stride = max(1, design.shape[1] // SUBSAMPLE)
-    sample = design[:, ::stride].to(F64)
-    gram = sample @ sample.T
-    factor = torch.linalg.cholesky(gram + 1e-12 * gram.diagonal().max() * torch.eye(q, dtype=F64))
-    unwhiten = torch.linalg.inv(factor).T.to(design)  # c = unwhiten @ w
-    full = _L1Problem(unwhiten.T @ design, offset.reshape(-1))
-    coords = full.subsample(SUBSAMPLE).huber(factor.T.to(design) @ start.to(design), (1.0, 1e-1, 1e-2))
+    # Work in w_j = dt * |u_j| * c_j: the per-sample bases are orthonormal, so the design's Gram
+    # matrix is diagonal and this scaling whitens it; a ball in w is then a region of equal loss
+    # curvature in every direction, so the radii below fit. (A coordinate no sample uses: 1.)
+    norms = torch.linalg.vector_norm(design, dim=1).to(F64)
+    to_coords = 1.0 / (dt * norms.where(norms > 0, 1.0))  # c = to_coords * w
+    full = _L1Problem(design, offset.reshape(-1), scale=dt * to_coords)
+    coords = full.subsample(SUBSAMPLE).huber(start.to(F64) / to_coords, (1.0, 1e-1, 1e-2))
     count = int(NEAR_FRACTION * full.offset.numel())
     zero = torch.zeros(q, dtype=F64, device=coords.device)
     for _ in range(MAX_ITERATIONS):
@@ -359,12 +366,12 @@ def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor
             half_width = reach / math.sqrt(q)
             exact = _lp_step(small.design, small.offset, small.linear, half_width)
             if float(exact.abs().max()) < (1 - 1e-6) * half_width:
-                return (unwhiten.to(F64) @ (coords + step + exact)).to(start)
+                return (to_coords * (coords + step + exact)).to(start)
             if reach >= room:
                 break
             points *= 4
         coords = coords + step
-    return (unwhiten.to(F64) @ coords).to(start)
+    return (to_coords * coords).to(start)
 
 
 def pseudo_huber_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ def test_basis(benchmark):
     x_T = 80 * torch.randn(5000, 64, generator=gen)
     used = [torch.randn(5000, 64, generator=gen) for _ in range(9)]
     basis = benchmark(build_basis, used[-1], used[-1] + 0.1, [x_T, *used], x_T, 4)
-    assert basis.shape == (5000, 4, 64)
+    assert basis.vectors.shape == (4, 5000, 64)
 
 
 def test_sample_with_pas(benchmark, cache):
