@@ -20,10 +20,11 @@ alarm rate of about 0.1% per cell for independent reruns) of those is read as sa
 either row lacks ``value_se`` (older rows, ``blocks = 1``) only the tolerance applies and the
 table says "no SE". Every changed cell is listed with both numbers: the relative change against
 the tolerance and the change in combined SEs against z; a cell past one gate but not the other
-is marked "near miss". Timings are checked against ``--time-tol`` alone. A cell whose baseline or
-candidate row is ``timing_suspect`` (timed on a busy machine, bench/timing.py) is left out of the
-time check, and the report lists it as skipped; rows written before that field existed count as
-not suspect.
+is marked "near miss". Timings get the same two gates with ``--time-tol`` and the same z, their
+standard error ``s_per_sample_se`` coming from the spread of a cell's batch times (bench/timing.py;
+rows without it: the tolerance alone). A cell whose baseline or candidate row is
+``timing_suspect`` (timed on a busy machine) is left out of the time check, and the report lists it
+as skipped; rows written before that field existed count as not suspect.
 
 The default metric tolerance, 1e-9 relative, holds CPU float64 runs to their own determinism: the
 same code gives the same bits, and 1e-9 leaves room only for reordered float64 sums (a different
@@ -71,7 +72,8 @@ class Comparison:
 
     @property
     def changed(self) -> pd.DataFrame:
-        return self.matched[self.matched["changed"] | self.matched["worse"] | self.matched["slower"]]
+        flags = self.matched[["changed", "worse", "slower", "near_miss"]]
+        return self.matched[flags.any(axis=1)]
 
     @property
     def near_misses(self) -> int:
@@ -103,21 +105,22 @@ def relative_change(base: pd.Series, cand: pd.Series) -> pd.Series:
         return (diff / base.abs()).where(diff != 0, 0.0)
 
 
-def noise_score(base: pd.DataFrame, cand: pd.DataFrame) -> pd.Series:
-    """The metric's change in combined standard errors, (cand - base) / sqrt(se_b^2 + se_c^2);
-    NaN where a row has no ``value_se``, +-inf for a change with zero error."""
+def noise_score(base: pd.DataFrame, cand: pd.DataFrame, field: str = "value",
+                se_field: str = "value_se") -> pd.Series:
+    """A field's change in combined standard errors, (cand - base) / sqrt(se_b^2 + se_c^2);
+    NaN where a row has no standard error, +-inf for a change with zero error."""
     missing = pd.Series(np.nan, index=base.index)
-    errors = [side.get("value_se", missing).astype(float) for side in (base, cand)]
+    errors = [side.get(se_field, missing).astype(float) for side in (base, cand)]
     combined = np.sqrt(errors[0] ** 2 + errors[1] ** 2)
-    diff = cand["value"] - base["value"]
+    diff = cand[field] - base[field]
     with np.errstate(divide="ignore", invalid="ignore"):
         return (diff / combined).where(diff != 0, 0.0).where(combined.notna())
 
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
             time_tol: float | None, z: float = DEFAULT_Z) -> Comparison:
-    """Match rows by config hash; flag metrics worse than ``metric_tol`` and ``z`` combined
-    standard errors (the tolerance alone without SEs) and times slower than ``time_tol``."""
+    """Match rows by config hash; flag metrics worse than ``metric_tol`` and times slower than
+    ``time_tol``, each only when also past ``z`` combined standard errors (where rows have them)."""
     common = baseline.index.intersection(candidate.index)
     base, cand = baseline.loc[common], candidate.loc[common]
     metric_rel = relative_change(base["value"], cand["value"])
@@ -125,9 +128,15 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
     past_tol = metric_rel > metric_tol
     past_noise = (score > z) | score.isna()
     time_rel = relative_change(base["s_per_sample"], cand["s_per_sample"])
+    time_score = noise_score(base, cand, "s_per_sample", "s_per_sample_se")
     lost = cand["value"].isna() & base["value"].notna()
     checked = time_tol is not None
     suspect = _suspect(base) | _suspect(cand)
+    timed = ~suspect & checked
+    time_past_tol = timed & (time_rel > time_tol if checked else False)
+    time_past_z = timed & (time_score > z)
+    metric_near = ~(past_tol & past_noise) & ~lost & (past_tol | (score > z))
+    time_near = (time_past_tol ^ time_past_z) & time_score.notna()
     matched = base[CELL_LABEL].assign(
         metric=base["metric"],
         value_base=base["value"],
@@ -136,11 +145,12 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
         time_base=base["s_per_sample"],
         time_cand=cand["s_per_sample"],
         time_rel=time_rel,
+        time_score=time_score,
         changed=~((base["value"] == cand["value"]) | (base["value"].isna() & cand["value"].isna())),
         score=score,
         worse=(past_tol & past_noise) | lost,
-        near_miss=~(past_tol & past_noise) & ~lost & (past_tol | (score > z)),
-        slower=(time_rel > time_tol) & ~suspect if checked else False,
+        near_miss=metric_near | time_near,
+        slower=time_past_tol & (time_past_z | time_score.isna()),
         time_skipped=suspect & checked,
     )
     return Comparison(
@@ -182,6 +192,7 @@ def changed_table(comparison: Comparison) -> str:
             "s/sample base": changed["time_base"].map("{:.3g}".format),
             "s/sample cand": changed["time_cand"].map("{:.3g}".format),
             "time rel": changed["time_rel"].map("{:+.1%}".format),
+            "time in SE": changed["time_score"].map(_in_se),
             "status": changed.apply(_status, axis=1),
         }
     )
@@ -261,9 +272,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric-tol", type=_tolerance, default=DEFAULT_METRIC_TOL, metavar="REL",
                         help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
     parser.add_argument("--z", type=_tolerance, default=DEFAULT_Z, metavar="Z",
-                        help="a metric rise must also exceed Z combined standard errors "
+                        help="a metric or time rise must also exceed Z combined standard errors "
                              f"sqrt(se_base^2 + se_cand^2) (default {DEFAULT_Z:g}; 0 = tolerance "
-                             "only; rows without value_se: tolerance only)")
+                             "only; rows without value_se / s_per_sample_se: tolerance only)")
     parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
                         help="allowed relative s_per_sample increase (default: times not checked)")
     parser.add_argument("--verbose", action="store_true",

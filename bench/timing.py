@@ -6,8 +6,12 @@ cell with a single batch has nothing left to time after a warm-up, so it times t
 says so (``warmup_s`` is null). Only the solver call is timed, never drawing latents or the metric.
 
 Besides the total, the row keeps the median, minimum and maximum of the per-batch seconds per
-sample, the process CPU seconds over the timed batches (every thread of the process), torch's
-thread count, the core count and the 1-minute load average before and after the cell.
+sample, the standard error of ``s_per_sample`` from their spread (``s_per_sample_se``: the sample
+standard deviation of the per-batch seconds per sample over sqrt(batches); null with fewer than
+two timed batches), the process CPU seconds over the timed batches (every thread of the process),
+torch's thread count, the core count and the 1-minute load average before and after the cell.
+The standard error measures the noise within one run; drift between runs (another machine,
+another load) is not in it, which is what ``timing_suspect`` and the compare tolerance are for.
 
 The rule (``TimingRule``; defaults below) marks a row ``timing_suspect`` when
 
@@ -43,7 +47,7 @@ import torch
 # The row fields this module fills, in row order (bench.results.ROW_KEYS includes them).
 TIMING_KEYS = (
     "warmup_s", "timed_samples", "s_per_sample_median", "s_per_sample_min", "s_per_sample_max",
-    "cpu_s", "others_cpu", "torch_threads", "cpu_count", "load_before", "load_after",
+    "s_per_sample_se", "cpu_s", "others_cpu", "torch_threads", "cpu_count", "load_before", "load_after",
     "timing_suspect", "timing_suspect_reason",
 )
 # Shortest span of timed batches over which other processes' CPU use is measured.
@@ -157,6 +161,8 @@ class BatchClock:
             "warmup_s": self.warmup_s, "timed_samples": count,
             "s_per_sample_median": statistics.median(per_sample),
             "s_per_sample_min": min(per_sample), "s_per_sample_max": max(per_sample),
+            "s_per_sample_se": (statistics.stdev(per_sample) / math.sqrt(len(per_sample))
+                                if len(per_sample) > 1 else None),
             "cpu_s": self.cpu_s, "others_cpu": self.others_cpu(),
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count() or 1, "load_before": self.load_before,

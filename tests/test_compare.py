@@ -187,3 +187,25 @@ def test_rows_without_standard_errors_use_the_tolerance_alone(
                  and row["pas"] else 0.0) for row in rows()])
     assert main([str(baseline), str(cand)]) == 1  # the baseline has no value_se: SE 1.0 is moot
     assert "no SE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("in_se, flagged", [(5.0, True), (0.5, False)])
+def test_time_change_is_judged_against_the_batch_spread(
+        tmp_path: Path, in_se: float, flagged: bool, capsys: pytest.CaptureFixture) -> None:
+    """Both sides time with SE 2e-6 s per sample: a 10% rise (1e-5 s) is 5 combined SEs at
+    SE 1.41e-6 and 0.5 of them at SE 1.41e-5; with --time-tol 0.05 the first is SLOWER, the
+    second a near miss. Without SEs (the plain baseline) the tolerance alone decides."""
+    se = 1e-5 / (in_se * np.sqrt(2))
+    target = make_row("gmm2d", "ddim", 6, False)
+    base = write_rows(tmp_path / "b" / "run.jsonl",
+                      [{**row, "s_per_sample": 1e-4, "s_per_sample_se": se} for row in rows()])
+    cand = write_rows(tmp_path / "c" / "run.jsonl", [
+        {**row, "s_per_sample": 1e-4 + (1e-5 if row["config_hash"] == target["config_hash"] else 0),
+         "s_per_sample_se": se} for row in rows()])
+    assert main([str(base), str(cand), "--time-tol", "0.05"]) == (1 if flagged else 0)
+    line, = [line for line in capsys.readouterr().out.splitlines() if " fd " in line]
+    assert line.split()[:4] == ["gmm2d", "ddim", "6", "False"]
+    assert f"{in_se:+.2f}" in line and ("SLOWER" in line) == flagged
+    assert ("near miss" in line) != flagged
+    assert main([str(base), str(cand), "--time-tol", "0.05", "--z", "0"]) == 1
+    assert main([str(base), str(cand), "--time-tol", "0.2"]) == 0

@@ -67,11 +67,17 @@ def test_first_of_several_batches_is_an_untimed_warm_up(tmp_path):
     assert row["warmup_s"] > 0 and row["timed_samples"] == 30
     assert row["s_per_sample"] == pytest.approx(row["sample_s"] / 30, rel=1e-12)
     assert row["s_per_sample_min"] <= row["s_per_sample_median"] <= row["s_per_sample_max"]
+    # Three timed batches: their standard deviation is at most range / sqrt(3) (values 0, 0, R),
+    # so the SE of their mean at most range / 3, and zero only if the range is.
+    spread = row["s_per_sample_max"] - row["s_per_sample_min"]
+    assert row["s_per_sample_se"] <= spread / 3 * (1 + 1e-12)
+    assert (row["s_per_sample_se"] > 0) == (spread > 0)
     assert row["torch_threads"] == torch.get_num_threads() and row["cpu_count"] == CORES
     # A single batch: nothing would be left to time after a warm-up, so there is none.
     assert main([*argv, str(tmp_path / "one"), "--num-samples", "40", "--batch-size", "64"]) == 0
     (row,) = read_rows(tmp_path / "one")
     assert row["warmup_s"] is None and row["timed_samples"] == 40
+    assert row["s_per_sample_se"] is None
 
 
 @contextmanager
