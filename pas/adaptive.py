@@ -118,7 +118,7 @@ class FittingHook:
         q = full.size
         basis = full.vectors[:q].reshape(q, *x.shape)
         direction = ctx.direction.reshape(samples, -1)
-        before = loss_value(self.settings.loss, torch.add(x, direction, alpha=dt) - target).item()
+        before = loss_value(self.settings.loss, torch.add(x, direction, alpha=dt).sub_(target)).item()
         start = torch.zeros(q, dtype=x.dtype, device=x.device)
         start[0] = direction.norm(dim=1).mean()
         began = self.clock.add("basis", began)
@@ -127,7 +127,7 @@ class FittingHook:
         corrected = full.combine(coords, ctx.direction)
         # The state the solver will reach with the stored coordinates, and its loss (decision 0.5).
         reached = torch.add(x, corrected.reshape(samples, -1), alpha=dt)
-        after = loss_value(self.settings.loss, reached - target).item()
+        after = loss_value(self.settings.loss, reached.sub_(target)).item()
         tau = self.tau if self.corrected else self.tau_first
         accepted = accept(before, after, tau)
         self.search.append(StepSearch(ctx.index, q, before, after, accepted, epochs, coords.tolist()))
