@@ -213,6 +213,7 @@ class BasisTracker:
         self._stored: list[Tensor] = []  # the tensor behind each filled slot (identity checks)
 
     def _start(self, ctx: StepContext) -> None:
+        # x_T, up to num_steps - 1 used directions, d, and one slot for x_cur - x_T.
         batch, slots = ctx.x_T.shape[0], ctx.num_steps + 2
         shape = (batch, slots, ctx.x_T[0].numel())
         # A batch like the last one reuses its buffers: fresh ones of this size would be paged in
@@ -253,16 +254,17 @@ class BasisTracker:
         n, count = rows.shape[0], len(self._stored)
         for slot in pending:
             rows[:, slot].copy_(self._stored[slot][part].reshape(n, -1))
-        shift = ctx.x_cur[part].reshape(n, -1).to(F64) - rows[:, 0]
-        probes = torch.stack([rows[:, slot] for slot in pending] + [shift], dim=1)
-        dots = rows[:, :count] @ probes.transpose(1, 2)
-        for column, slot in enumerate(pending):
-            gram[:, :count, slot] = dots[:, :, column]
-            gram[:, slot, :count] = dots[:, :, column]
+        # x_cur - x_T goes to the slot after the buffer (the next step's row overwrites it), so the
+        # new rows and it are one contiguous block whose inner products take one pass.
+        rows[:, count].copy_(ctx.x_cur[part].reshape(n, -1)).sub_(rows[:, 0])
+        new = pending[0] if pending else count
+        dots = rows[:, : count + 1] @ rows[:, new : count + 1].transpose(1, 2)
+        gram[:, : count + 1, new : count + 1] = dots
+        gram[:, new : count + 1, : count + 1] = dots.transpose(1, 2)
         first = 0 if self.use_xT else 1
         floor = relative_floor(ctx.x_cur.dtype, count - first)
         coef = basis_coefficients(
-            gram[:, first:count, first:count], dots[:, first:, -1], gram[:, first:count, 0],
+            gram[:, first:count, first:count], gram[:, first:count, count], gram[:, first:count, 0],
             self.k, floor,
         )
         return _orthonormal_vectors(coef, rows[:, first:count], floor)
