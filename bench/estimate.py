@@ -40,6 +40,12 @@ class Costs:
     metric_setup_s: float  # once per dataset: the reference's square root
 
 
+# A cell with seed blocks takes one eigendecomposition with eigenvectors and two more products
+# instead of one eigenvalue problem (bench.metrics): about three distances' work (5.2 s against
+# 1.7 s at 3072 dimensions on the project's 2-core machine).
+BLOCKED_DISTANCES = 3
+
+
 @dataclass(frozen=True)
 class Work:
     """What a plan asks of one dataset, and the dtype and batch size it runs with."""
@@ -49,7 +55,7 @@ class Work:
     batch_size: int
     evaluations: int
     scored_samples: int
-    distances: int  # Frechet distances: one per cell, plus K for a cell with K seed blocks
+    distances: int  # in Frechet distances: one per cell, BLOCKED_DISTANCES with seed blocks
 
 
 def seconds(costs: Costs, work: Work) -> float:

@@ -493,7 +493,8 @@ def _work(cells: list[Cell], cache_dir: Path,
             get_dataset(name), group[0].dtype, group[0].batch_size,
             evaluations=sum(_evaluation_counts(group, cache_dir, teachers).values()),
             scored_samples=sum(cell.num_samples for cell in group),
-            distances=sum(1 + (cell.blocks if cell.blocks > 1 else 0) for cell in group)))
+            distances=sum(estimate.BLOCKED_DISTANCES if cell.blocks > 1 else 1
+                          for cell in group)))
     return works
 
 

@@ -10,7 +10,13 @@ from run_helpers import TINY_GRID, read_rows, write_grid
 import solvers
 from bench.datasets import get_dataset
 from bench.grids import load_grid
-from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features, jackknife_se
+from bench.metrics import (
+    FrechetAccumulator,
+    FrechetReference,
+    flatten_features,
+    jackknife_se,
+    symmetric_inner,
+)
 from bench.plan import Overrides, build_plan
 from bench.run import main
 
@@ -21,23 +27,55 @@ def _reference(dim: int, seed: int) -> FrechetReference:
     return FrechetReference(rng.normal(size=dim), root @ root.T / dim + np.eye(dim))
 
 
-def test_leave_one_block_out_values_match_pytorch_fid_on_the_subsets():
+def _exact_leave_one_out(acc: FrechetAccumulator) -> list[float]:
+    """FD recomputed without each block, from the stored moments."""
+    return [acc.reference.distance(*rest.mean_cov()) for rest in acc.moments.leave_one_out()]
+
+
+def test_block_moments_give_pytorch_fid_on_the_subsets():
+    """The moments left after removing a block are those of the other blocks' samples."""
     reference = _reference(4, 0)
     data = torch.from_numpy(np.random.default_rng(1).normal(size=(53, 4)) * 1.5 + 0.3)
     acc = FrechetAccumulator(flatten_features, reference, blocks=5)
     for chunk, seeds in zip(torch.split(data, 8), [range(s, min(s + 8, 53)) for s in range(0, 53, 8)]):
         acc.update(chunk, seeds=seeds)
-    fields = acc.extra_fields()
     mu, cov = reference.mu.numpy(), reference.cov.numpy()
-    for block, value in enumerate(fields["value_blocks"]):
+    for block, value in enumerate(_exact_leave_one_out(acc)):
         kept = data.numpy()[np.arange(53) % 5 != block]
         expected = calculate_frechet_distance(kept.mean(0), np.cov(kept, rowvar=False), mu, cov)
         assert value == pytest.approx(expected, rel=1e-9)
+    fields = acc.extra_fields()
     assert fields["blocks"] == 5 and fields["value_se"] == pytest.approx(
         jackknife_se(fields["value_blocks"]), rel=1e-15)
     everything = calculate_frechet_distance(data.numpy().mean(0), np.cov(data.numpy(), rowvar=False),
                                             mu, cov)
     assert acc.compute() == pytest.approx(everything, rel=1e-9)
+
+
+@pytest.mark.parametrize("singular", [False, True])
+def test_first_order_value_is_exact_to_second_order(singular):
+    """FD at (mu + e a, cov + e B) minus its first-order value shrinks like e^2 (the derivative of
+    tr sqrt is right), also for a singular reference (symmetric square root instead of Cholesky)."""
+    rng = np.random.default_rng(7)
+    reference = _reference(5, 8)
+    if singular:
+        root = rng.normal(size=(5, 3))
+        reference = FrechetReference(reference.mu, root @ root.T)
+    root = rng.normal(size=(5, 5))
+    mu, cov = torch.from_numpy(rng.normal(size=5)), torch.from_numpy(root @ root.T + np.eye(5))
+    step_mu, step = torch.from_numpy(rng.normal(size=5)), torch.from_numpy(rng.normal(size=(5, 5)))
+    value, tangent = reference.tangent(mu, cov)
+    # eigh and eigvalsh round the zero eigenvalues of a singular product differently, and their
+    # square roots (~1e-8) enter the value.
+    assert value == pytest.approx(reference.distance(mu, cov), rel=1e-8 if singular else 1e-12)
+    errors = []
+    for eps in (1e-2, 1e-3):
+        moved_mu, change = mu + eps * step_mu, eps * (step + step.T)
+        first_order = (value + float((moved_mu - reference.mu).square().sum())
+                       - float((mu - reference.mu).square().sum())
+                       + float(change.trace()) - symmetric_inner(tangent, change))
+        errors.append(abs(reference.distance(moved_mu, cov + change) - first_order))
+    assert 50 < errors[0] / errors[1] < 200
 
 
 def test_block_values_ignore_batches_and_ranks():
@@ -55,6 +93,8 @@ def test_block_values_ignore_batches_and_ranks():
         mine += theirs
     assert ranks[0].compute() == pytest.approx(whole.compute(), rel=1e-12)
     np.testing.assert_allclose(ranks[0].leave_one_out(), whole.leave_one_out(), rtol=1e-11)
+    np.testing.assert_allclose(_exact_leave_one_out(ranks[0]), _exact_leave_one_out(whole),
+                               rtol=1e-11)
 
 
 def test_jackknife_of_the_mean_is_the_standard_error_of_block_means():
@@ -82,20 +122,22 @@ def _fd_with_error(denoiser, reference, offset: int, count: int) -> tuple[float,
     samples = solvers.sample(denoiser, latents, "ddim", 5)
     acc = FrechetAccumulator(flatten_features, reference, blocks=10)
     acc.update(samples, seeds=seeds)
-    return acc.compute(), acc.extra_fields()["value_se"]
+    return acc.compute(), acc.extra_fields()["value_se"], jackknife_se(_exact_leave_one_out(acc))
 
 
 @pytest.mark.parametrize("dataset, count", [("gmm2d", 400), ("digits", 600)])
 def test_jackknife_se_matches_the_spread_over_independent_seed_sets(dataset, count):
     """20 disjoint seed sets: the mean jackknife SE is within a factor 1.5 of the standard
-    deviation of the 20 full-sample FDs (the repeat spread itself is known to about +-16%)."""
+    deviation of the 20 full-sample FDs (the repeat spread itself is known to about +-16%), and
+    within 10% of the jackknife SE of FD recomputed without each block."""
     spec = get_dataset(dataset)
     denoiser = spec.build(device="cpu", dtype=torch.float64)
     reference = FrechetReference(*spec.exact_stats())
-    values, errors = zip(*(_fd_with_error(denoiser, reference, 100_000 + k * count, count)
-                           for k in range(20)))
+    values, errors, exact = zip(*(_fd_with_error(denoiser, reference, 100_000 + k * count, count)
+                                  for k in range(20)))
     ratio = np.mean(errors) / np.std(values, ddof=1)
     assert 1 / 1.5 < ratio < 1.5, (np.mean(errors), np.std(values, ddof=1))
+    assert np.mean(errors) == pytest.approx(np.mean(exact), rel=0.1)
 
 
 def test_blocks_option_sets_the_row_and_only_a_non_default_count_enters_the_hash(tmp_path):
