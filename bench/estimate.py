@@ -41,8 +41,8 @@ class Costs:
 
 
 # A cell with seed blocks takes one eigendecomposition with eigenvectors and two more products
-# instead of one eigenvalue problem (bench.metrics): about three distances' work (5.2 s against
-# 1.7 s at 3072 dimensions on the project's 2-core machine).
+# instead of one eigenvalue problem (bench.metrics): about three distances' work (6.1 s against
+# 2.4 s at 3072 dimensions on the project's 2-core machine).
 BLOCKED_DISTANCES = 3
 
 

@@ -15,7 +15,7 @@ from bench.metrics import (
     FrechetReference,
     flatten_features,
     jackknife_se,
-    symmetric_inner,
+    matrix_inner,
 )
 from bench.plan import Overrides, build_plan
 from bench.run import main
@@ -73,7 +73,7 @@ def test_first_order_value_is_exact_to_second_order(singular):
         moved_mu, change = mu + eps * step_mu, eps * (step + step.T)
         first_order = (value + float((moved_mu - reference.mu).square().sum())
                        - float((mu - reference.mu).square().sum())
-                       + float(change.trace()) - symmetric_inner(tangent, change))
+                       + float(change.trace()) - matrix_inner(tangent, change))
         errors.append(abs(reference.distance(moved_mu, cov + change) - first_order))
     assert 50 < errors[0] / errors[1] < 200
 
