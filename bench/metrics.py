@@ -18,7 +18,7 @@ full-sample value (:func:`jackknife_se`), agrees with the exact leave-one-block-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -127,6 +127,11 @@ def frechet_distance(mu1: np.ndarray | Tensor, cov1: np.ndarray | Tensor,
     return FrechetReference(mu2, cov2).distance(mu1, cov1)
 
 
+def _check_features(features: Tensor, dim: int) -> None:
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise ValueError(f"expected features of shape [B, {dim}], got {tuple(features.shape)}")
+
+
 class MomentAccumulator:
     """Running count, sum and sum of outer products of feature vectors, in float64.
 
@@ -145,8 +150,7 @@ class MomentAccumulator:
 
     def update(self, features: Tensor) -> None:
         """Add a batch ``[B, dim]`` of feature vectors."""
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"expected features of shape [B, {self.dim}], got {tuple(features.shape)}")
+        _check_features(features, self.dim)
         centred = features.to(device=self.total.device, dtype=torch.float64) - self.shift
         self.count += centred.shape[0]
         self.total += centred.sum(dim=0)
@@ -185,9 +189,7 @@ class BlockMoments:
         """Add a batch ``[B, dim]`` whose rows are the samples of ``seeds`` (B of them)."""
         if len(seeds) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} feature rows for {len(seeds)} seeds")
-        if features.ndim != 2 or features.shape[1] != self.parts[0].dim:
-            raise ValueError(f"expected features of shape [B, {self.parts[0].dim}], "
-                             f"got {tuple(features.shape)}")
+        _check_features(features, self.parts[0].dim)  # rows may wait: check them now
         block_of = torch.as_tensor(list(seeds), device=features.device) % len(self.parts)
         for block in block_of.unique().tolist():
             waiting = self._waiting[block]
@@ -218,15 +220,6 @@ class BlockMoments:
             for into, added in zip(merged.sums(), part.sums()):
                 into += added
         return merged
-
-    def leave_one_out(self) -> Iterator[MomentAccumulator]:
-        """For each block k, the moments of every other block (the total minus block k)."""
-        full = self.total()
-        for part in self.parts:
-            rest = MomentAccumulator(full.dim, shift=full.shift, device=full.total.device)
-            for into, whole, left_out in zip(rest.sums(), full.sums(), part.sums()):
-                into += whole - left_out
-            yield rest
 
     def leave_one_out_ready(self) -> bool:
         """Whether every block has a sample and every leave-one-block-out set has enough."""

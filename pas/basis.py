@@ -222,13 +222,15 @@ class BasisTracker:
             self._rows = torch.empty(shape, dtype=F64, device=ctx.x_T.device)
             self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
         vectors = (self.k, batch, shape[2])
-        if self._vectors.shape != vectors or self._vectors.dtype != ctx.x_cur.dtype:
+        if (self._vectors.shape != vectors or self._vectors.dtype != ctx.x_cur.dtype
+                or self._vectors.device != ctx.x_T.device):
             self._vectors = torch.empty(vectors, dtype=ctx.x_cur.dtype, device=ctx.x_T.device)
         self._x_T = ctx.x_T
         self._stored = []
 
-    def _pending(self, ctx: StepContext) -> list[int]:
-        """The slots to (re)write so the slots hold [x_T, *ctx.used, ctx.direction]."""
+    def _first_new(self, ctx: StepContext) -> int:
+        """The first slot to (re)write so the slots hold [x_T, *ctx.used, ctx.direction]; every
+        slot from it to the end of the buffer is new."""
         if ctx.index == 0 or ctx.x_T is not self._x_T or ctx.num_steps + 2 != self._rows.shape[1]:
             self._start(ctx)
         wanted = (ctx.x_T, *ctx.used, ctx.direction)
@@ -238,7 +240,7 @@ class BasisTracker:
             len(wanted),
         )
         self._stored = list(wanted)
-        return list(range(first, len(wanted)))
+        return first
 
     def _chunks(self) -> list[slice]:
         """Sample ranges whose float64 rows take about _CHUNK_BYTES."""
@@ -246,18 +248,17 @@ class BasisTracker:
         size = max(1, _CHUNK_BYTES // (slots * dim * 8))
         return [slice(start, start + size) for start in range(0, batch, size)]
 
-    def _chunk_basis(self, part: slice, pending: list[int], ctx: StepContext) -> tuple[Tensor, Tensor]:
-        """Write the pending rows of samples ``part`` and their inner products (one pass over the
-        rows, which also gives the sign rule's products with x_cur - x_T), then build their
-        basis: vectors [n, k, D] float64 and which are non-zero."""
+    def _chunk_basis(self, part: slice, new: int, ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """Write the rows of samples ``part`` from slot ``new`` on and their inner products (one
+        pass over the rows, which also gives the sign rule's products with x_cur - x_T), then
+        build their basis: vectors [n, k, D] float64 and which are non-zero."""
         rows, gram = self._rows[part], self._gram[part]
         n, count = rows.shape[0], len(self._stored)
-        for slot in pending:
+        for slot in range(new, count):
             rows[:, slot].copy_(self._stored[slot][part].reshape(n, -1))
         # x_cur - x_T goes to the slot after the buffer (the next step's row overwrites it), so the
         # new rows and it are one contiguous block whose inner products take one pass.
         rows[:, count].copy_(ctx.x_cur[part].reshape(n, -1)).sub_(rows[:, 0])
-        new = pending[0] if pending else count
         dots = rows[:, : count + 1] @ rows[:, new : count + 1].transpose(1, 2)
         gram[:, : count + 1, new : count + 1] = dots
         gram[:, new : count + 1, : count + 1] = dots.transpose(1, 2)
@@ -274,10 +275,10 @@ class BasisTracker:
 
         The vectors live in a buffer of the tracker: they are valid until its next call.
         """
-        pending = self._pending(ctx)
+        new = self._first_new(ctx)
         kept = torch.empty(self._rows.shape[0], self.k, dtype=torch.bool, device=self._rows.device)
         for part in self._chunks():
-            chunk, kept[part] = self._chunk_basis(part, pending, ctx)
+            chunk, kept[part] = self._chunk_basis(part, new, ctx)
             self._vectors[:, part] = chunk.transpose(0, 1)
         return Basis(self._vectors, _size(kept))
 

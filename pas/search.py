@@ -350,8 +350,9 @@ def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor
     # matrix is diagonal and this scaling whitens it; a ball in w is then a region of equal loss
     # curvature in every direction, so the radii below fit. (A coordinate no sample uses: 1.)
     norms = torch.linalg.vector_norm(design, dim=1).to(F64)
-    to_coords = 1.0 / (dt * norms.where(norms > 0, 1.0))  # c = to_coords * w
-    full = _L1Problem(design, offset.reshape(-1), scale=dt * to_coords)
+    scale = 1.0 / norms.where(norms > 0, 1.0)  # the design in w: u_j / |u_j|
+    to_coords = scale / dt  # c = to_coords * w
+    full = _L1Problem(design, offset.reshape(-1), scale=scale)
     coords = full.subsample(SUBSAMPLE).huber(start.to(F64) / to_coords, (1.0, 1e-1, 1e-2))
     count = int(NEAR_FRACTION * full.offset.numel())
     zero = torch.zeros(q, dtype=F64, device=coords.device)
