@@ -40,10 +40,10 @@ class Costs:
     metric_setup_s: float  # once per dataset: the reference's square root
 
 
-# A cell with seed blocks takes one eigendecomposition with eigenvectors and two more products
-# instead of one eigenvalue problem (bench.metrics): about three distances' work (6.1 s against
-# 2.4 s at 3072 dimensions on the project's 2-core machine).
-BLOCKED_DISTANCES = 3
+# A cell with seed blocks takes float32 eigenvectors and two more products besides the distance's
+# eigenvalue problem (bench.metrics): about two distances' work (4.7 s against 2.5 s at 3072
+# dimensions on the project's 2-core machine, moment sums aside).
+BLOCKED_DISTANCES = 2
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, tiny, capsys):
                    "digits": 2 * 300 * 4 + 2 * 64 * 4 + 64 * 200}
     for name, count in evaluations.items():
         assert f"  {name}: " in text and f"({count:,} evaluations at " in text
-        assert "metric 600 samples at " in text and "+ 6 distances x " in text  # 2 cells with blocks
+        assert "metric 600 samples at " in text and "+ 4 distances x " in text  # 2 cells with blocks
     assert "downloads: none" in text
     assert not list(out.glob("*.jsonl")) and not cache.exists()
 
