@@ -40,8 +40,9 @@ def fields(**changes: object) -> dict:
 
 def test_rule_flags_load_above_the_cores_a_small_cpu_share_or_busy_neighbours():
     assert DEFAULT_RULE.reasons(fields(), "cpu") == []
-    assert DEFAULT_RULE.reasons(fields(load_after=2.0, cpu_s=1.0), "cpu") == []  # at the limits
-    assert DEFAULT_RULE.reasons(fields(load_before=2.5), "cpu") == ["load average 2.50 > 2 (cores)"]
+    assert DEFAULT_RULE.reasons(fields(load_after=2.25, cpu_s=1.0), "cpu") == []  # at the limits
+    assert DEFAULT_RULE.reasons(fields(load_before=2.3), "cpu") == [
+        "load average 2.30 > 2.25 (cores + margin)"]
     assert DEFAULT_RULE.reasons(fields(cpu_s=0.6), "cpu") == [
         "CPU s / wall s = 0.30 < 0.5 with 1 thread(s)"]
     assert len(DEFAULT_RULE.reasons(fields(load_after=3.0, cpu_s=0.6), "cpu")) == 2
@@ -56,7 +57,9 @@ def test_rule_flags_load_above_the_cores_a_small_cpu_share_or_busy_neighbours():
     # No load average or /proc/stat on this platform (or too short a cell): the rest decides.
     assert DEFAULT_RULE.reasons(fields(load_before=None, load_after=None, others_cpu=None),
                                 "cpu") == []
-    assert TimingRule(max_load_per_core=2.0).reasons(fields(load_before=3.5), "cpu") == []
+    assert TimingRule(max_load_per_core=2.0).reasons(fields(load_before=4.25), "cpu") == []
+    assert TimingRule(load_margin=0.0).reasons(fields(load_before=2.05), "cpu") == [
+        "load average 2.05 > 2 (cores + margin)"]
 
 
 def test_first_of_several_batches_is_an_untimed_warm_up(tmp_path):
