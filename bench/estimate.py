@@ -41,7 +41,7 @@ class Costs:
 
 
 # A cell with seed blocks takes float32 eigenvectors and two more products besides the distance's
-# eigenvalue problem (bench.metrics): about two distances' work (4.7 s against 2.5 s at 3072
+# eigenvalue problem (bench.metrics): about two distances' work (4.3 s against 2.2 s at 3072
 # dimensions on the project's 2-core machine, moment sums aside).
 BLOCKED_DISTANCES = 2
 

@@ -17,6 +17,7 @@ full-sample value (:func:`jackknife_se`), agrees with the exact leave-one-block-
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -44,6 +45,45 @@ def _as_double(array: np.ndarray | Tensor) -> Tensor:
     return torch.as_tensor(array, dtype=torch.float64).cpu()
 
 
+def _column_blocks(size: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` consecutive (start, stop) ranges covering range(size)."""
+    return list(itertools.pairwise(size * part // parts for part in range(parts + 1)))
+
+
+# torch has neither a triangular nor a symmetric matrix product (BLAS trmm, syrk); the helpers
+# below skip the zero or mirrored blocks by hand. At 3072 dimensions on 2 cores: cov @ R 0.82 s
+# against 1.17 s (float64, 4 blocks); 5,000 outer products 0.56 s against 0.90 s (float64, 8
+# blocks).
+
+
+def _times_triangular(matrix: Tensor, triangle: Tensor, lower: bool) -> Tensor:
+    """matrix @ triangle for a lower or upper triangular ``triangle``, without its zero blocks:
+    column block [a, b) of the product needs only rows a.. (lower) or ..b (upper)."""
+    out = torch.empty(matrix.shape[0], triangle.shape[1], dtype=matrix.dtype, device=matrix.device)
+    for start, stop in _column_blocks(triangle.shape[0], 4):
+        rows = slice(start, None) if lower else slice(None, stop)
+        torch.mm(matrix[:, rows], triangle[rows, start:stop], out=out[:, start:stop])
+    return out
+
+
+def _add_upper_gram(out: Tensor, rows: Tensor, blocks: list[tuple[int, int]]) -> None:
+    """out += rows^T rows on and above the diagonal ``blocks`` only (see _mirror_upper)."""
+    for start, stop in blocks:
+        out[:stop, start:stop].addmm_(rows[:, :stop].T, rows[:, start:stop])
+
+
+def _mirror_upper(out: Tensor, blocks: list[tuple[int, int]]) -> Tensor:
+    """Fill the blocks below the diagonal ``blocks`` from those above; returns ``out``."""
+    for start, stop in blocks:
+        out[stop:, start:stop].copy_(out[start:stop, stop:].T)
+    return out
+
+
+def _gram_blocks(dim: int) -> list[tuple[int, int]]:
+    """Column blocks of at least 256 (at most 8) for the symmetric products of ``dim`` x ``dim``."""
+    return _column_blocks(dim, max(1, min(8, dim // 256)))
+
+
 def _psd_sqrt(cov: Tensor) -> Tensor:
     """Symmetric square root of a covariance; tiny negative eigenvalues from rounding count as 0."""
     eigvals, eigvecs = torch.linalg.eigh(cov)
@@ -67,6 +107,7 @@ class FrechetReference:
             raise ValueError(f"covariance shape {tuple(self.cov.shape)} does not match mean "
                              f"length {self.mu.numel()}")
         self._factor: Tensor | None = None
+        self._triangular = False
 
     @property
     def dim(self) -> int:
@@ -78,12 +119,25 @@ class FrechetReference:
         singular (computed once)."""
         if self._factor is None:
             factor, info = torch.linalg.cholesky_ex(self.cov)
-            self._factor = factor if int(info) == 0 else _psd_sqrt(self.cov)
+            self._triangular = int(info) == 0
+            self._factor = factor if self._triangular else _psd_sqrt(self.cov)
         return self._factor
 
+    def _times_factor(self, matrix: Tensor) -> Tensor:
+        """matrix @ R."""
+        factor = self.factor
+        return _times_triangular(matrix, factor, lower=True) if self._triangular else matrix @ factor
+
+    def _factor_times(self, matrix: Tensor) -> Tensor:
+        """R @ matrix, in matrix's dtype."""
+        factor = self.factor.to(matrix.dtype)
+        if not self._triangular:
+            return factor @ matrix
+        return _times_triangular(matrix.T, factor.T, lower=False).T
+
     def _product(self, cov: Tensor) -> Tensor:
-        """R^T cov R, symmetrised."""
-        product = self.factor.T @ cov @ self.factor
+        """R^T cov R = (cov R)^T R for symmetric cov, symmetrised."""
+        product = self._times_factor(self._times_factor(cov).T)
         return 0.5 * (product + product.T)
 
     def _value(self, mu: Tensor, cov: Tensor, eigvals: Tensor) -> float:
@@ -122,8 +176,11 @@ class FrechetReference:
         eigvecs = torch.linalg.eigh(product.to(vector_dtype)).eigenvectors
         cut = float(eigvals.max().clamp(min=0)) * self.dim * 100 * torch.finfo(torch.float64).eps
         quarter = torch.where(eigvals > cut, eigvals.clamp(min=cut).rsqrt(), 0.0).sqrt()
-        weighted = (self.factor.to(vector_dtype) @ eigvecs) * quarter.to(vector_dtype)
-        return self._value(mu, cov, eigvals), (weighted @ weighted.T).double()
+        weighted = self._factor_times(eigvecs) * quarter.to(vector_dtype)
+        blocks = _gram_blocks(self.dim)
+        tangent = torch.zeros(self.dim, self.dim, dtype=vector_dtype, device=weighted.device)
+        _add_upper_gram(tangent, weighted.T, blocks)
+        return self._value(mu, cov, eigvals), _mirror_upper(tangent, blocks).double()
 
 
 def matrix_inner(first: Tensor, second: Tensor) -> float:
@@ -157,6 +214,9 @@ class MomentAccumulator:
         self.count = torch.zeros((), dtype=torch.float64, device=device)
         self.total = torch.zeros(dim, dtype=torch.float64, device=device)
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        # An update fills only the blocks on and above the diagonal; sums() mirrors them.
+        self._blocks = _gram_blocks(dim)
+        self._mirrored = True
 
     def update(self, features: Tensor) -> None:
         """Add a batch ``[B, dim]`` of feature vectors."""
@@ -164,10 +224,14 @@ class MomentAccumulator:
         centred = features.to(device=self.total.device, dtype=torch.float64) - self.shift
         self.count += centred.shape[0]
         self.total += centred.sum(dim=0)
-        self.outer.addmm_(centred.T, centred)
+        _add_upper_gram(self.outer, centred, self._blocks)
+        self._mirrored = False
 
     def sums(self) -> list[Tensor]:
         """The tensors to add across ranks (in place) before :meth:`mean_cov`."""
+        if not self._mirrored:
+            _mirror_upper(self.outer, self._blocks)
+            self._mirrored = True
         return [self.count, self.total, self.outer]
 
     def mean_cov(self) -> tuple[Tensor, Tensor]:
@@ -176,7 +240,7 @@ class MomentAccumulator:
         if count < MIN_SAMPLES:
             raise ValueError(f"need at least {MIN_SAMPLES} samples for a covariance, got {count:.0f}")
         mean = (self.total / count).cpu()
-        outer = self.outer.cpu()
+        outer = self.sums()[2].cpu()
         cov = (outer - count * torch.outer(mean, mean)) / (count - 1)
         return mean + self.shift.cpu(), 0.5 * (cov + cov.T)
 
