@@ -171,7 +171,7 @@ def test_float32_eigenvectors_keep_the_first_order_block_terms():
     plus 0.05^2 I, so that P is ill-conditioned (~1e8). Float32 eigenvalues of the same P would
     give H nothing but rounding in its smallest directions, which H weights most."""
     rng = np.random.default_rng(11)
-    dim, rank, count, blocks = 384, 24, 2000, 10
+    dim, rank, count, blocks = 640, 24, 2000, 10  # 640: H built in 2 column blocks
     spread = rng.normal(size=(dim, rank)) / np.sqrt(rank)
     reference = FrechetReference(np.zeros(dim), spread @ spread.T + 0.05**2 * np.eye(dim))
     samples = torch.from_numpy(rng.normal(size=(count, rank)) @ (1.2 * spread.T)
