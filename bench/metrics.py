@@ -8,9 +8,9 @@ Error bars: the moments are kept per seed block (seed n in block n mod K, so the
 in every cell, batch size, rank and shard) and the full moments are their sum. The value of the
 metric with block k left out is taken to first order around the full sample: the mean and trace
 terms of FD exactly, the trace of the matrix square root through its derivative (see
-:func:`leave_one_out_first_order`). That costs one symmetric eigendecomposition per cell however
-many blocks there are, where recomputing FD without each block costs one eigenvalue problem per
-block (10 x 1.2 s at 3072 dimensions on 2 cores). The first-order values miss a curvature term
+:func:`leave_one_out_first_order`). That costs one set of eigenvectors per cell (float32, beside
+the distance's own float64 eigenvalues) however many blocks there are, where recomputing FD without
+each block costs one eigenvalue problem per block (10 x 1.2 s at 3072 dimensions on 2 cores). The first-order values miss a curvature term
 that is nearly the same for every block, so their jackknife spread, the standard error of the
 full-sample value (:func:`jackknife_se`), agrees with the exact leave-one-block-out one
 (tests/test_block_errors.py checks both against each other and against repeated seed sets).
