@@ -19,8 +19,8 @@ The rule (``TimingRule``; defaults below) marks a row ``timing_suspect`` when
   ``load_margin`` = 0.25: more threads wanted to run than there were cores, so the cell shared
   them (a 1-minute mean: it catches contention that lasted, and lags behind a burst). The load
   counts the run's own threads, which keep it at the core count when they use every core; without
-  the margin a shell command beside such a run (load 2.01-2.05 on 2 cores, ``others_cpu`` 0.00-0.01)
-  marked 15 of the toy grid's 120 rows;
+  the margin a shell command beside such a run (load 2.01-2.05 on 2 cores, ``others_cpu``
+  0.00-0.01) marked 15 of the toy grid's 120 rows;
 - on the CPU, CPU seconds / wall seconds fell below ``min_cpu_share`` = 0.5. A sampling process
   always has work for at least one thread, whatever its thread count (small tensors run on one),
   so a ratio below one half means it waited for a core at least half of the time;
@@ -50,7 +50,8 @@ import torch
 # The row fields this module fills, in row order (bench.results.ROW_KEYS includes them).
 TIMING_KEYS = (
     "warmup_s", "timed_samples", "s_per_sample_median", "s_per_sample_min", "s_per_sample_max",
-    "s_per_sample_se", "cpu_s", "others_cpu", "torch_threads", "cpu_count", "load_before", "load_after",
+    "s_per_sample_se", "cpu_s", "others_cpu", "torch_threads", "cpu_count", "load_before",
+    "load_after",
     "timing_suspect", "timing_suspect_reason",
 )
 # Shortest span of timed batches over which other processes' CPU use is measured.

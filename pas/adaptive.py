@@ -118,7 +118,8 @@ class FittingHook:
         q = full.size
         basis = full.vectors[:q].reshape(q, *x.shape)
         direction = ctx.direction.reshape(samples, -1)
-        before = loss_value(self.settings.loss, torch.add(x, direction, alpha=dt).sub_(target)).item()
+        unchanged = torch.add(x, direction, alpha=dt).sub_(target)  # residual without correction
+        before = loss_value(self.settings.loss, unchanged).item()
         start = torch.zeros(q, dtype=x.dtype, device=x.device)
         start[0] = direction.norm(dim=1).mean()
         began = self.clock.add("basis", began)
