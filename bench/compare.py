@@ -14,7 +14,7 @@ Exit status: 1 when a matched cell's metric (FD/FID, lower is better) rose by mo
 cell matches at all; 2 on bad input; 0 otherwise.
 
 Noise: rows with seed blocks carry the metric's jackknife standard error ``value_se``
-(bench.metrics). The combined standard error of a change is sqrt(se_base^2 + se_cand^2), the
+(bench.metrics.frechet). The combined standard error of a change is sqrt(se_base^2 + se_cand^2), the
 error of two independent measurements; a rise smaller than ``--z`` (default 3, a one-sided false
 alarm rate of about 0.1% per cell for independent reruns) of those is read as sampling noise. Where
 either row lacks ``value_se`` (older rows, ``blocks = 1``) only the tolerance applies and the

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 import solvers
-from bench.dataset_spec import DatasetSpec
-from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features
+from bench.metrics.frechet import FrechetAccumulator, FrechetReference, flatten_features
+from bench.models.spec import DatasetSpec
 
 # Largest batch timed (cells' batches are used up to this size) and the NFE of the timed solve.
 _CALIBRATION_BATCH = 1000
@@ -41,7 +41,7 @@ class Costs:
 
 
 # A cell with seed blocks takes float32 eigenvectors and two more products besides the distance's
-# eigenvalue problem (bench.metrics): about two distances' work (4.3 s against 2.2 s at 3072
+# eigenvalue problem (bench.metrics.frechet): about two distances' work (4.3 s against 2.2 s at 3072
 # dimensions on the project's 2-core machine, moment sums aside).
 BLOCKED_DISTANCES = 2
 

@@ -5,7 +5,7 @@ Schema (every table and key below is optional unless marked required; unknown ke
     [grid]
     name         = "toy"                  # default: the file name without .toml
     description  = "..."
-    datasets     = ["gmm2d", "digits"]    # required: dataset registry names (bench.datasets)
+    datasets     = ["gmm2d", "digits"]    # required: dataset registry names (bench.models.registry)
     solvers      = ["ddim", "dpmpp"]      # required: solver registry names (solvers.REGISTRY)
     nfe          = [5, 10]                # required: exact denoiser evaluations per sample
     pas          = "both"                 # "off" | "on" | "both" (default "both")
@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.metrics import DEFAULT_BLOCKS
+from bench.metrics.frechet import DEFAULT_BLOCKS
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 PAS_MODES = ("off", "on", "both")

@@ -22,11 +22,11 @@ import torch
 
 import pas
 from bench import estimate
-from bench.dataset_spec import DatasetSpec
-from bench.datasets import dataset_names, get_dataset
 from bench.errors import UserError
 from bench.grids import Grid
-from bench.metrics import DEFAULT_BLOCKS, MIN_SAMPLES
+from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
+from bench.models.registry import dataset_names, get_dataset
+from bench.models.spec import DatasetSpec
 from pas.search import loss_name
 from solvers import REGISTRY, schedule_names
 
@@ -83,9 +83,9 @@ class Cell:
     rmse_samples: int
     config_hash: str
     pas_key: str | None
-    # Seed blocks of the metric's standard error (bench.metrics); 1 = none.
+    # Seed blocks of the metric's standard error (bench.metrics.frechet); 1 = none.
     blocks: int = DEFAULT_BLOCKS
-    # Text-to-image datasets: guidance scale and prompt source (bench.ms_coco); else None.
+    # Text-to-image datasets: guidance scale and prompt source (bench.models.ms_coco); else None.
     conditioning: dict[str, Any] | None = None
 
     @property
@@ -207,7 +207,9 @@ def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
                      else "pytorch-fid"),
     }
     if spec.guidance is not None:
-        from bench.clip_score import CLIP_MODEL_ID  # lazy: only text-to-image datasets need it
+        from bench.metrics.clip_score import (
+            CLIP_MODEL_ID,  # lazy: only text-to-image datasets need it
+        )
 
         identity["clip"] = (file_identity(overrides.clip_model)
                             if overrides.clip_model and Path(overrides.clip_model).is_dir()
@@ -271,7 +273,7 @@ def _conditioning(grid: Grid, spec: DatasetSpec, overrides: Overrides, num_sampl
     """A text-to-image dataset's guidance and prompt source, checked against the sample count."""
     if spec.guidance is None:
         return None
-    from bench import ms_coco  # lazy: only text-to-image datasets need it
+    from bench.models import ms_coco  # lazy: only text-to-image datasets need it
 
     local = grid.dataset_overrides.get(spec.name, {})
     guidance = overrides.guidance if overrides.guidance is not None else local.get("guidance")
@@ -367,7 +369,7 @@ def check_references(cells: list[Cell], overrides: Overrides) -> None:
                       and not (overrides.ref_stats or get_dataset(cell.dataset).ref_stats_url)})
     if missing:
         raise UserError(f"{', '.join(missing)}: no published FID reference statistics to download; "
-                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.fid_ref "
+                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.metrics.fid_ref "
                         "makes one from an image folder)")
 
 
@@ -468,7 +470,7 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path,
 
 
 def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
-    from bench import edm  # lazy: only checkpoint datasets need it
+    from bench.models import edm  # lazy: only checkpoint datasets need it
 
     found: dict[str, tuple[str, Path, bool]] = {}
     for name, cell in {cell.dataset: cell for cell in cells}.items():

@@ -37,7 +37,7 @@ ROW_KEYS = (
     "sample_s", "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview", "config_hash",
     # Network calls per sample (unet_evals = 2 x nfe under guidance) and text-to-image fields.
     "unet_evals", "clip_score", "conditioning",
-    # Error bars: seed blocks, the metric without each block, jackknife SE (bench.metrics).
+    # Error bars: seed blocks, the metric without each block, jackknife SE (bench.metrics.frechet).
     "blocks", "value_blocks", "value_se",
 )
 # Keys that describe when/where/how fast a row was produced rather than what it measured.

@@ -28,12 +28,12 @@ import pas
 import solvers
 from bench import distributed, timing
 from bench.cli import parse_args
-from bench.dataset_spec import DatasetSpec
-from bench.datasets import get_dataset
 from bench.distributed import World
 from bench.errors import UserError
 from bench.grids import load_grid
-from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features, rmse
+from bench.metrics.frechet import FrechetAccumulator, FrechetReference, flatten_features, rmse
+from bench.models.registry import get_dataset
+from bench.models.spec import DatasetSpec
 from bench.plan import (
     PREVIEW_COUNT,
     REFERENCE_NFE,
@@ -195,8 +195,8 @@ class Runner:
         features, reference = self.metric(spec)
         if cell.conditioning is None:
             return FrechetAccumulator(features, reference, device=self.device, blocks=cell.blocks)
-        from bench.clip_score import load_clip_score
-        from bench.text_image_metrics import TextImageAccumulator
+        from bench.metrics.clip_score import load_clip_score
+        from bench.metrics.text_image import TextImageAccumulator
 
         if self._clip is None:
             self._clip = load_clip_score(self.args.clip_model, device=self.device,
@@ -206,12 +206,13 @@ class Runner:
                                     device=self.device, blocks=cell.blocks)
 
     def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
-        from bench import edm, inception
+        from bench.metrics import inception
+        from bench.metrics.reference import reference_stats
 
         if self._inception is None:
             self._inception = inception.load_inception(weights=self.args.inception_weights,
                                                        device=self.device)
-        mu, sigma = edm.reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
+        mu, sigma = reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
         return partial(inception.inception_features, self._inception), FrechetReference(mu, sigma)
 
     def reference_solve(self, cell: Cell, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -435,7 +436,7 @@ class Runner:
             # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
             "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
             "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
-            # Error bars (bench.metrics): the metric without each seed block, its jackknife SE.
+            # Error bars (bench.metrics.frechet): the metric without each seed block, its jackknife SE.
             "blocks": cell.blocks, "value_blocks": extra.get("value_blocks"),
             "value_se": extra.get("value_se"),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from pas.artifact import PASArtifact
 from pas.search import LOSSES, OPTIMIZERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DATASETS_GROUP = "pas.datasets"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pas", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     f = commands.add_parser("fit", help="fit PAS coordinates for one solver and NFE")
-    f.add_argument("--dataset", required=True, help="a name from bench's dataset registry")
+    f.add_argument("--dataset", required=True, help="a dataset name from the installed registry (pasbench: bench.models)")
     f.add_argument("--solver", required=True, help="a solver that spends one NFE per step (ddim, ipndm, ipndm_v, deis, dpmpp, unipc)")
     f.add_argument("--nfe", type=int, required=True, help="denoiser evaluations per sample")
     f.add_argument("--out", required=True, help="artifact path (JSON)")
@@ -101,17 +103,28 @@ def _solver_options(args: argparse.Namespace, dataset_thresholding: bool) -> dic
     return options
 
 
-def _fit(args: argparse.Namespace) -> int:
-    # The CLI is the user's entry point, so it may use bench's registry; the library never does.
-    from bench.datasets import get_dataset
-    from bench.errors import UserError
+def find_dataset(name: str) -> Any:
+    """The dataset ``name`` from the registry installed under the ``pas.datasets`` entry point.
 
-    spec = get_dataset(args.dataset)
+    pas knows no dataset itself: a package above it (pasbench's ``bench.models``) declares a
+    function name -> dataset in its metadata, so ``--dataset`` works without pas importing it.
+    The dataset has ``name``, ``build(device=, dtype=)``, ``default_batch_size`` and
+    ``thresholding``; the function raises ValueError for an unknown name or a dataset that
+    cannot be built.
+    """
+    providers = entry_points(group=DATASETS_GROUP)
+    if not providers:
+        raise ValueError(
+            f"no dataset registry is installed (entry point group {DATASETS_GROUP!r}); "
+            "install pasbench with pip install -e ."
+        )
+    return next(iter(providers)).load()(name)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    spec = find_dataset(args.dataset)
     dtype = DTYPES[args.dtype]
-    try:
-        denoiser = spec.build(device=args.device, dtype=dtype)
-    except UserError as err:
-        raise ValueError(str(err)) from None
+    denoiser = spec.build(device=args.device, dtype=dtype)
     art = fit(
         denoiser,
         args.solver,

@@ -1,7 +1,7 @@
 """Error bars from the stored seed-block values: a metric's SE and PAS's paired gain.
 
 Rows carry ``value_blocks``, the metric with each of K seed blocks left out (to first order, see
-bench.metrics; seed n in block n mod K, the same blocks in every cell). Base and PAS cells of one
+bench.metrics.frechet; seed n in block n mod K, the same blocks in every cell). Base and PAS cells of one
 solver and NFE share their seeds, so their block values pair up and the gain's jackknife error
 includes that pairing.
 """

@@ -15,7 +15,7 @@ import pickle
 import types
 from pathlib import Path
 
-from bench.checkpoints import temporary_modules
+from bench.models.checkpoints import temporary_modules
 
 # The module source that travels inside the pickle (a toy preconditioned network, EDM-style API).
 TINY_NET_SRC = """

@@ -12,7 +12,7 @@ import pytest
 import torch
 from edm_format import tiny_network, write_edm_pickle
 
-from bench.inception import FEATURE_DIM, load_inception
+from bench.metrics.inception import FEATURE_DIM, load_inception
 from bench.results import PROVENANCE_KEYS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from bench.datasets import dataset_names, get_dataset
+from bench.models.registry import dataset_names, get_dataset
 
 
 def slow_posterior_mean(mixture, x: np.ndarray, sigma: float) -> np.ndarray:

@@ -8,9 +8,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from run_helpers import TINY_GRID, read_rows, write_grid
 
 import solvers
-from bench.datasets import get_dataset
 from bench.grids import load_grid
-from bench.metrics import (
+from bench.metrics.frechet import (
     FrechetAccumulator,
     FrechetReference,
     MomentAccumulator,
@@ -18,6 +17,7 @@ from bench.metrics import (
     jackknife_se,
     matrix_inner,
 )
+from bench.models.registry import get_dataset
 from bench.plan import Overrides, build_plan
 from bench.run import main
 

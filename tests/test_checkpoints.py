@@ -13,17 +13,18 @@ from edm_format import tiny_network, write_edm_pickle
 from PIL import Image
 
 import solvers
-from bench.checkpoints import load_edm
-from bench.datasets import get_dataset
-from bench.edm import EDM_SPECS, FID_REFS_URL, PRETRAINED_URL, reference_stats, required_downloads
 from bench.errors import UserError
-from bench.inception import load_inception
+from bench.metrics.inception import load_inception
+from bench.metrics.reference import reference_stats
+from bench.models.checkpoints import load_edm
+from bench.models.edm import EDM_SPECS, FID_REFS_URL, PRETRAINED_URL, required_downloads
+from bench.models.registry import get_dataset
 
 LOADER = """
 import importlib.util, sys, torch
 assert importlib.util.find_spec("torch_utils") is None, "torch_utils must not be importable here"
 assert importlib.util.find_spec("dnnlib") is None, "dnnlib must not be importable here"
-from bench.checkpoints import load_edm
+from bench.models.checkpoints import load_edm
 den = load_edm(sys.argv[1])
 inputs = torch.load(sys.argv[2])
 out = den(inputs["x"], inputs["sigma"], inputs["labels"])

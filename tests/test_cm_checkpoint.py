@@ -9,13 +9,15 @@ import torch
 from run_helpers import local_fid_options, read_rows, write_grid
 
 import solvers
-from bench import datasets
-from bench.checkpoints import load_cm
-from bench.cm_network import AttentionBlock, KarrasPrecond, UNetModel
-from bench.edm import CM_BEDROOM_URL, OPENAI_BEDROOM_REF_URL, checkpoint_spec, reference_stats
 from bench.errors import UserError
 from bench.grids import load_grid
-from bench.inception import FEATURE_DIM
+from bench.metrics.inception import FEATURE_DIM
+from bench.metrics.reference import reference_stats
+from bench.models import registry as datasets
+from bench.models.checkpoints import load_cm
+from bench.models.cm import CM_BEDROOM_URL, OPENAI_BEDROOM_REF_URL
+from bench.models.cm_network import AttentionBlock, KarrasPrecond, UNetModel
+from bench.models.edm import checkpoint_spec
 from bench.plan import Overrides, build_plan
 from bench.run import main
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from bench.datasets import get_dataset
 from bench.downloads import cached_path, fetch
-from bench.edm import required_downloads
 from bench.errors import UserError
+from bench.models.edm import required_downloads
+from bench.models.registry import get_dataset
 
 PAYLOAD = bytes(range(256)) * 1000
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from pytorch_fid.inception import FID_WEIGHTS_URL
 
-from bench.fid_ref import main
-from bench.inception import inception_features, load_inception, to_uint8, uint8_features
+from bench.metrics.fid_ref import main
+from bench.metrics.inception import inception_features, load_inception, to_uint8, uint8_features
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_cli_offline_without_weights_exits_2_naming_url_and_path(tmp_path):
         [
             sys.executable,
             "-m",
-            "bench.fid_ref",
+            "bench.metrics.fid_ref",
             "--images",
             str(tmp_path),
             "--out",

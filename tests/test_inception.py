@@ -5,7 +5,7 @@ import torch
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
 from bench.errors import UserError
-from bench.inception import (
+from bench.metrics.inception import (
     default_weights_path,
     inception_features,
     load_inception,

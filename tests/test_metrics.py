@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from bench.metrics import (
+from bench.metrics.frechet import (
     FrechetAccumulator,
     FrechetReference,
     MomentAccumulator,

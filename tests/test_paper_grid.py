@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from bench.datasets import get_dataset
 from bench.grids import load_grid
+from bench.models.registry import get_dataset
 from bench.plan import build_plan
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import solvers
-from bench.datasets import get_dataset
+from bench.models.registry import get_dataset
 from pas import PASArtifact, StepSearch
 
 F64 = torch.float64

@@ -115,7 +115,7 @@ def test_tracker_matches_the_stateless_basis_along_a_trajectory(monkeypatch, chu
     batch is one chunk or one chunk per sample."""
     monkeypatch.setattr("pas.basis._CHUNK_BYTES", chunk_bytes)
     import solvers
-    from bench.datasets import get_dataset
+    from bench.models.registry import get_dataset
     from pas.basis import BasisTracker
 
     den = get_dataset("digits").build(dtype=F64)

@@ -11,8 +11,8 @@ import torch
 import pas
 import pas.adaptive
 import solvers
-from bench.datasets import get_dataset
-from bench.metrics import frechet_distance
+from bench.metrics.frechet import frechet_distance
+from bench.models.registry import get_dataset
 from pas.search import FitSettings, adam_coords, loss_value
 from pas.teacher import (
     TEACHER_SEED_START,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import UserError
-from bench.prompts import TEACHER_POOL, read_captions, single_prompt
+from bench.models.prompts import TEACHER_POOL, read_captions, single_prompt
 
 
 def _csv(path, count, header="image_id,id,caption"):
@@ -53,8 +53,8 @@ def test_bad_caption_files_are_user_errors(tmp_path, make, message):
 
 def test_plan_conditioning_from_grid_and_command_line(tmp_path):
     from bench.grids import load_grid
+    from bench.models.prompts import COCO_CAPTIONS_URL
     from bench.plan import Overrides, build_plan
-    from bench.prompts import COCO_CAPTIONS_URL
 
     grid = load_grid("sd")
     (cell, *_) = build_plan(grid)

@@ -7,8 +7,8 @@ import torch
 from store_factory import make_row
 
 import solvers
-from bench.datasets import get_dataset
-from bench.metrics import FrechetAccumulator, FrechetReference, flatten_features
+from bench.metrics.frechet import FrechetAccumulator, FrechetReference, flatten_features
+from bench.models.registry import get_dataset
 from report.plots import metric_vs_nfe
 from report.tables import gain_table, metric_table, to_latex, to_markdown, with_labels
 from report.uncertainty import paired_gain

@@ -6,10 +6,10 @@ import torch
 from run_helpers import run_cli, write_grid
 
 from bench.cli import parse_args, parse_shard
-from bench.datasets import get_dataset
 from bench.errors import UserError
 from bench.estimate import Costs, Work, describe, seconds
 from bench.grids import load_grid
+from bench.models.registry import get_dataset
 from bench.plan import Overrides, build_plan
 from bench.run import main
 

@@ -19,8 +19,8 @@ from diffusers import StableDiffusionPipeline
 from sd_tiny import write_captions, write_pipeline
 
 import solvers
-from bench.prompts import read_captions
-from bench.sd import SDDenoiser, load_sd
+from bench.models.prompts import read_captions
+from bench.models.sd import SDDenoiser, load_sd
 
 STEPS = 6
 SEEDS = range(3)

@@ -15,8 +15,8 @@ import torch
 from run_helpers import read_rows, write_grid
 from sd_tiny import write_captions, write_clip, write_pipeline
 
-from bench.inception import FEATURE_DIM, load_inception
-from bench.prompts import TEACHER_POOL
+from bench.metrics.inception import FEATURE_DIM, load_inception
+from bench.models.prompts import TEACHER_POOL
 from bench.run import FAULT_ENV, main
 
 GRID = """

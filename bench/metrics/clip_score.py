@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import UserError
-from bench.sd import INSTALL_HINT, hub_snapshot
+from bench.models.sd import INSTALL_HINT, hub_snapshot
 
 CLIP_MODEL_ID = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
 # Config, tokenizer and processor files and the transformers weights only (not open_clip's copy).

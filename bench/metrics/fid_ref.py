@@ -1,8 +1,8 @@
-"""FID reference statistics of image folders: ``python -m bench.fid_ref --images DIR --out F.npz``.
+"""FID reference statistics of image folders: ``python -m bench.metrics.fid_ref --images DIR --out F.npz``.
 
 Streams the PNG/JPEG files under DIR (recursively, in sorted order) through pytorch-fid's
 Inception in batches and accumulates the sums of the features and of their outer products in
-float64 (bench.metrics.MomentAccumulator, as the benchmark's own FID does), so memory stays flat
+float64 (bench.metrics.frechet.MomentAccumulator, as the benchmark's own FID does), so memory stays flat
 however many images there are. Writes ``mu`` (mean) and ``sigma`` (unbiased covariance), the
 keys of EDM's and pytorch-fid's ``.npz`` files.
 """
@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from bench.errors import UserError
-from bench.inception import load_inception, uint8_features
-from bench.metrics import MomentAccumulator
+from bench.metrics.frechet import MomentAccumulator
+from bench.metrics.inception import load_inception, uint8_features
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -119,7 +119,7 @@ def save_stats(path: Path | str, mu: np.ndarray, sigma: np.ndarray) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.fid_ref", description="FID reference statistics of an image folder."
+        prog="python -m bench.metrics.fid_ref", description="FID reference statistics of an image folder."
     )
     parser.add_argument(
         "--images",

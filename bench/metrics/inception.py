@@ -5,7 +5,7 @@ TensorFlow Inception graph that defines FID, the same network EDM's ``fid.py`` u
 TorchScript port of it). The 2048-d pool features are therefore comparable with the ``mu`` and
 ``sigma`` in EDM's published ``fid-refs/*.npz``. They are not bit-identical: the two ports resize
 images to 299x299 with different bilinear kernels, which typically moves an FID by a few
-hundredths. For exact agreement build your own reference with ``python -m bench.fid_ref``.
+hundredths. For exact agreement build your own reference with ``python -m bench.metrics.fid_ref``.
 
 Images are quantised to 8 bits first, with EDM's PNG export rule, so features computed in memory
 equal those computed from the PNG files the reference pipelines write.

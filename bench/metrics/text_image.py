@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.inception import to_uint8
-from bench.metrics import Features, FrechetAccumulator, FrechetReference
+from bench.metrics.frechet import Features, FrechetAccumulator, FrechetReference
+from bench.metrics.inception import to_uint8
 
 
 class TextImageAccumulator:

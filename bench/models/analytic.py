@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.dataset_spec import DatasetSpec
+from bench.models.spec import DatasetSpec
 
 DIGITS_STD = 0.05
 

@@ -2,7 +2,7 @@
 
 ``load_edm``: EDM network pickles (NVlabs/edm). ``load_cm``: the EDM-trained state dicts of
 OpenAI's consistency_models release (e.g. ``edm_bedroom256_ema.pt``), rebuilt by
-``bench.cm_network`` from the ``create_model`` flags. State dicts are read with
+``bench.models.cm_network`` from the ``create_model`` flags. State dicts are read with
 ``torch.load(weights_only=True)``, which runs no code.
 
 EDM pickles carry the source code of their network classes: each persistent object is pickled
@@ -14,7 +14,7 @@ network). ``load_edm`` provides minimal stand-ins for these modules only while i
 restores ``sys.modules`` afterwards.
 
 Security: unpickling runs code, and these pickles execute the module source they carry. Only
-load checkpoints from a source you trust (the URLs in ``bench.edm`` are NVIDIA's own).
+load checkpoints from a source you trust (the URLs in ``bench.models.edm`` are NVIDIA's own).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench.cm_network import KarrasPrecond, UNetModel
 from bench.downloads import cached_path, fetch, is_url
 from bench.errors import UserError
+from bench.models.cm_network import KarrasPrecond, UNetModel
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # create_model's class count for class_cond=True (ImageNet).

@@ -1,10 +1,10 @@
 """The ``ms_coco`` dataset: Stable Diffusion v1.5 on MS-COCO val2014 captions, FID and CLIP score.
 
-The model is SD v1.5 in diffusers format (bench.sd), by default the community-maintained
+The model is SD v1.5 in diffusers format (bench.models.sd), by default the community-maintained
 repository ``stable-diffusion-v1-5/stable-diffusion-v1-5`` on the Hugging Face Hub; sample n is
-conditioned on caption n of the 30k-caption CSV (bench.prompts) with classifier-free guidance
+conditioned on caption n of the 30k-caption CSV (bench.models.prompts) with classifier-free guidance
 (7.5 by default). FID needs MS-COCO reference statistics (``--ref-stats``, e.g. the reference
-toolbox's ``ms_coco-512x512.npz``, or ``python -m bench.fid_ref --center-crop 512`` over COCO
+toolbox's ``ms_coco-512x512.npz``, or ``python -m bench.metrics.fid_ref --center-crop 512`` over COCO
 val2014 images); there is no public URL to fetch them from.
 """
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from bench.dataset_spec import DatasetSpec
 from bench.downloads import cached_path, is_url
-from bench.prompts import COCO_CAPTIONS_URL, captions_path, read_captions, single_prompt
-from bench.sd import (
+from bench.models.prompts import COCO_CAPTIONS_URL, captions_path, read_captions, single_prompt
+from bench.models.sd import (
     SD_HUB_ID,
     SD_MODEL_URL,
     SDDenoiser,
@@ -26,6 +25,7 @@ from bench.sd import (
     scaled_linear_alphas,
     sigma_range,
 )
+from bench.models.spec import DatasetSpec
 
 DEFAULT_GUIDANCE = 7.5
 
@@ -66,8 +66,8 @@ def required_downloads(spec: DatasetSpec, model_path: str | Path | None = None,
                        conditioning: dict[str, Any] | None = None,
                        clip_model: str | None = None) -> list[tuple[str, Path, bool]]:
     """(source, cache path, already present) for every file or Hub snapshot a run would fetch."""
-    from bench.clip_score import CLIP_MODEL_ID
-    from bench.inception import FID_WEIGHTS_URL, default_weights_path
+    from bench.metrics.clip_score import CLIP_MODEL_ID
+    from bench.metrics.inception import FID_WEIGHTS_URL, default_weights_path
 
     rows = []
     hub = hub_cache(cache_dir)

@@ -12,7 +12,7 @@ Classifier-free guidance with scale w is D_u + w (D_c - D_u), computed as one UN
 2B stacked unconditional and conditional inputs; w = 1 is the plain conditional model (one call
 over B). The conditioning of a sample is its prompt, given as a one-hot row over the denoiser's
 prompt table (``class_labels``, exactly like a class-conditional model's labels; see
-bench.prompts for which caption each seed gets).
+bench.models.prompts for which caption each seed gets).
 
 diffusers and transformers are the optional extra ``.[sd]``; importing this module needs neither.
 """
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bench.downloads import OFFLINE_ENV, cached_path, fetch, is_url
 from bench.errors import UserError
-from bench.prompts import PromptTable
+from bench.models.prompts import PromptTable
 
 SD_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD_MODEL_URL = f"https://huggingface.co/{SD_HUB_ID}"

@@ -1,4 +1,4 @@
-"""pytest-benchmark: the consistency-models UNet (bench.cm_network) as a pasbench Denoiser.
+"""pytest-benchmark: the consistency-models UNet (bench.models.cm_network) as a pasbench Denoiser.
 
 CPU: the tiny configuration of tests/test_cm_checkpoint.py (32 px, 32 channels), a batch of 16,
 one network call and a whole ipndm solve at NFE 10; seconds per image = mean / 16 (per call) or
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import solvers
-from bench.checkpoints import EDMDenoiser
-from bench.cm_network import KarrasPrecond, UNetModel
+from bench.models.checkpoints import EDMDenoiser
+from bench.models.cm_network import KarrasPrecond, UNetModel
 
 BATCH, NFE = 16, 10
 TINY = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "attention_ds": (2,),

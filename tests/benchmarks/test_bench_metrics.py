@@ -17,10 +17,10 @@ import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from bench.datasets import get_dataset
 from bench.distributed import World
 from bench.grids import Grid
-from bench.metrics import FrechetReference, MomentAccumulator
+from bench.metrics.frechet import FrechetReference, MomentAccumulator
+from bench.models.registry import get_dataset
 from bench.plan import Overrides, build_plan
 from bench.results import RunFile
 from bench.run import Runner

@@ -15,7 +15,7 @@ import torch
 
 import pas
 import solvers
-from bench.datasets import get_dataset
+from bench.models.registry import get_dataset
 from pas.basis import build_basis
 
 FULL = os.environ.get("PAS_BENCH_FULL") == "1"

@@ -22,10 +22,10 @@ pytest.importorskip("diffusers")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sd_tiny import write_captions, write_clip, write_pipeline
 
-from bench.datasets import get_dataset
 from bench.distributed import World
 from bench.grids import Grid
-from bench.inception import FEATURE_DIM, load_inception
+from bench.metrics.inception import FEATURE_DIM, load_inception
+from bench.models.registry import get_dataset
 from bench.plan import Overrides, build_plan
 from bench.results import RunFile
 from bench.run import Runner
