@@ -2,6 +2,10 @@
 
 ``pas.fit(denoiser, solver, nfe, ...)`` returns a ``PASArtifact``; pass ``artifact.correction()``
 to ``solvers.sample(..., correction=...)`` to sample with it. See pas-spec.md.
+
+pas uses ``solvers`` only. ``python -m pas fit --dataset NAME`` finds datasets through the
+``pas.datasets`` entry point that an installed package declares (pasbench: bench.models), so the
+package never imports the benchmark (docs/layout.md).
 """
 
 from pas.adaptive import fit, student_request, teacher_seeds

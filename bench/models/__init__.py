@@ -9,3 +9,7 @@ every spec; a new family is one new module here and one line in the registry.
 - `cm`: OpenAI's EDM-trained LSUN Bedroom 256 network (lsun_bedroom); `cm_network` rebuilds it.
 - `ms_coco`: Stable Diffusion v1.5 on MS-COCO captions; `sd` wraps SD, `prompts` reads captions.
 """
+
+from bench.models.registry import dataset_names, get_dataset, register
+
+__all__ = ["dataset_names", "get_dataset", "register"]
