@@ -7,7 +7,7 @@ of euler (ddim), ipndm or dpmpp, so that N steps cost 2N denoiser calls (2N - 1 
 
 from amed.artifact import AMEDArtifact
 from amed.features import Features, pool_map, pooled_input
-from amed.fit import fit, heun_teacher, squared_error, step_losses
+from amed.fit import fit, fit_evaluations, heun_teacher, squared_error, step_losses
 from amed.plugin import (
     BASES,
     PluginRun,
@@ -33,6 +33,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "fit",
+    "fit_evaluations",
     "heun_teacher",
     "nfe_for_steps",
     "plugin_times",

@@ -77,18 +77,6 @@ class AMEDArtifact:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AMEDArtifact:
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported AMED artifact format_version {version!r} (expected {FORMAT_VERSION})"
-            )
-        missing = {f.name for f in fields(cls)} - set(data)
-        if missing:
-            raise ValueError(f"AMED artifact lacks fields: {', '.join(sorted(missing))}")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
     def save(self, path: str | Path) -> None:
         """Write the JSON through a temporary file renamed into place (never half-written)."""
         path = Path(path)
@@ -102,13 +90,22 @@ class AMEDArtifact:
 
     @classmethod
     def load(cls, path: str | Path) -> AMEDArtifact:
+        """The artifact saved at ``path``; ValueError when the file is not one this code reads."""
+        names = [f.name for f in fields(cls)]
         try:
             data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not an AMED artifact (invalid JSON: {err.msg})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} is not an AMED artifact (not a JSON object)")  # noqa: TRY004
-        return cls.from_json(data)
+        except json.JSONDecodeError:
+            data = None
+        if (
+            not isinstance(data, dict)
+            or data.get("format_version") != FORMAT_VERSION
+            or not set(names) <= set(data)
+        ):
+            raise ValueError(
+                f"{path} is not an AMED artifact (a JSON object with format_version "
+                f"{FORMAT_VERSION} and the fields {', '.join(names)})"
+            )
+        return cls(**{name: data[name] for name in names})
 
 
 def weights_of(predictor: Predictor) -> dict[str, Any]:

@@ -56,6 +56,12 @@ def heun_teacher(
     return trajectory[::stride]
 
 
+def fit_evaluations(nfe: int, trajectories: int, epochs: int = 1) -> int:
+    """Per-sample denoiser evaluations of a fit without its teacher: every trajectory walks its
+    ``nfe`` calls once per epoch (the calls at t_mid also backpropagate), plus one probe call."""
+    return epochs * trajectories * nfe + 1
+
+
 def _walk(
     plugin: PluginRun, teacher: Tensor, single_step: bool
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
@@ -238,7 +244,8 @@ def _train(
                     loss.backward()
                     for param in predictor.parameters():
                         # As the official loop: a non-finite gradient must not poison Adam.
-                        torch.nan_to_num_(param.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+                        if param.grad is not None:
+                            torch.nan_to_num_(param.grad, nan=0.0, posinf=1e5, neginf=-1e5)
                     optimizer.step()
                     losses[i] += loss.item() * len(idx) / count
                 bar.update()

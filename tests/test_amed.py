@@ -1,6 +1,7 @@
 """AMED plug-in: one step against the official closed forms, exact NFE, training, the artifact."""
 
 import math
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -13,19 +14,6 @@ F64 = torch.float64
 R = torch.tensor([0.3, 0.5, 0.7, 0.45, 0.6], dtype=F64)
 SCALE_DIR = torch.tensor([1.007, 0.995, 1.0, 1.003, 0.992], dtype=F64)
 SCALE_TIME = torch.tensor([0.93, 1.1, 1.0, 0.85, 1.17], dtype=F64)
-
-
-class Counting:
-    """The denoiser, counting its calls."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-        for name in ("name", "shape", "sigma_min", "sigma_max", "label_dim"):
-            setattr(self, name, getattr(inner, name))
-
-    def __call__(self, x, sigma, class_labels=None):
-        self.calls += 1
-        return self.inner(x, sigma, class_labels)
 
 
 class Fixed:
@@ -153,10 +141,10 @@ def test_nfe_is_exact_with_and_without_afs(gmm, solver, nfe, afs, dtz):
     art = amed.fit(gmm, solver, nfe, trajectories=8, epochs=0, progress=False, dtype=F64, afs=afs,
                    denoise_to_zero=dtz)
     assert art.num_steps == amed.steps_for_nfe(nfe, afs, dtz) == (nfe + afs - dtz) // 2
-    counting = Counting(gmm)
+    counting = Mock(wraps=gmm)
     x, trajectory = amed.sample(counting, torch.randn(4, 2, dtype=F64), art,
                                 return_trajectory=True)
-    assert counting.calls == nfe == amed.nfe_for_steps(art.num_steps, afs, dtz)
+    assert counting.call_count == nfe == amed.nfe_for_steps(art.num_steps, afs, dtz)
     assert trajectory.shape == (art.num_steps + 1, 4, 2)
     assert torch.equal(x, trajectory[-1]) != dtz
 
@@ -233,3 +221,16 @@ def test_pooled_input_pools_images_to_64_numbers_and_keeps_flat_points():
     assert feats.shape == (3, 64)
     points = torch.randn(5, 2, dtype=F64)
     torch.testing.assert_close(amed.pooled_input(points, sigma), points / math.sqrt(5))
+
+
+def test_fit_evaluations_counts_every_denoised_sample_of_a_fit(gmm):
+    times = amed.plugin_times(gmm, "ipndm", 3, None, solvers.get_solver("ipndm").resolve({}))
+    latents = torch.randn(40, 2, dtype=F64)
+    teacher = amed.heun_teacher(gmm, latents, times, teacher_nfe=30)
+    counting = Mock(wraps=gmm)
+    for name in ("name", "shape", "sigma_min", "sigma_max", "label_dim"):
+        setattr(counting, name, getattr(gmm, name))
+    amed.fit(counting, "ipndm", 5, afs=True, teacher=teacher, epochs=2, batch_size=16,
+             progress=False)
+    samples = sum(call.args[0].shape[0] for call in counting.call_args_list)
+    assert samples == amed.fit_evaluations(5, 40, 2) == 2 * 40 * 5 + 1
