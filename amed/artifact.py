@@ -53,7 +53,8 @@ class AMEDArtifact:
     ) -> Predictor:
         """The trained predictor, in ``dtype`` on ``device``."""
         net = Predictor(self.feature_dim, **self.predictor).to(device=device, dtype=dtype)
-        net.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in self.weights.items()})
+        state = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.weights.items()}
+        net.load_state_dict(state)
         return net.eval().requires_grad_(False)
 
     def sample(

@@ -102,10 +102,30 @@ def step_losses(
     features = resolve(denoiser, features)
     model = model_for(denoiser, teacher, class_labels)
     predictor = artifact.build_predictor(teacher.dtype, teacher.device)
-    plugin = PluginRun(model, features, predictor, artifact.solver, artifact.times, artifact.options)
+    plugin = PluginRun(
+        model, features, predictor, artifact.solver, artifact.times, artifact.options
+    )
     with torch.no_grad():
         walk = _walk(plugin, teacher, artifact.solver in SINGLE_STEP)
         return [squared_error(out, target).item() for _, out, target in walk]
+
+
+def _own_teacher(
+    denoiser,
+    times: Tensor,
+    trajectories: int,
+    teacher_nfe: int,
+    where: tuple[torch.dtype, torch.device | str],
+) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
+    """(states, class labels, identity) of the fallback Heun teacher on the fallback seeds."""
+    seeds = range(TEACHER_SEED_START, TEACHER_SEED_START + trajectories)
+    dtype, device = where
+    latents, labels = solvers.latents_for_seeds(
+        seeds, denoiser.shape, dtype=dtype, device=device, label_dim=denoiser.label_dim
+    )
+    states = heun_teacher(denoiser, latents, times, teacher_nfe=teacher_nfe, class_labels=labels)
+    identity = {"solver": "heun", "nfe": teacher_nfe, "seeds": [seeds.start, seeds.stop]}
+    return states, labels, identity
 
 
 def _check(teacher: Tensor, steps: int, denoiser, batch_size: int, epochs: int, lr: float) -> None:
@@ -162,17 +182,11 @@ def fit(
     steps = steps_for_nfe(nfe, options["afs"], options["denoise_to_zero"])
     times = plugin_times(denoiser, name, steps, schedule, options)
     if teacher is None:
-        seeds = range(TEACHER_SEED_START, TEACHER_SEED_START + trajectories)
-        latents, class_labels = solvers.latents_for_seeds(
-            seeds, denoiser.shape,
-            dtype=dtype or getattr(denoiser, "dtype", torch.float32),
-            device=device or getattr(denoiser, "device", "cpu"),
-            label_dim=denoiser.label_dim,
+        dtype = dtype or getattr(denoiser, "dtype", torch.float32)
+        device = device or getattr(denoiser, "device", "cpu")
+        teacher, class_labels, teacher_info = _own_teacher(
+            denoiser, times, trajectories, teacher_nfe, (dtype, device)
         )
-        teacher = heun_teacher(
-            denoiser, latents, times, teacher_nfe=teacher_nfe, class_labels=class_labels
-        )
-        teacher_info = {"solver": "heun", "nfe": teacher_nfe, "seeds": [seeds.start, seeds.stop]}
     _check(teacher, steps, denoiser, batch_size, epochs, lr)
     features = resolve(denoiser, features)
     probe = model_for(denoiser, teacher, None if class_labels is None else class_labels[:1])

@@ -73,10 +73,11 @@ def model_for(denoiser, like: Tensor, class_labels: Tensor | None) -> Model:
     """denoiser(x, sigma[, labels]) for a float level or a per-sample [B] tensor of levels."""
 
     def model(x: Tensor, t: float | Tensor) -> Tensor:
-        sigma = t if isinstance(t, Tensor) else torch.tensor(t, dtype=like.dtype, device=like.device)
+        if not isinstance(t, Tensor):
+            t = torch.tensor(t, dtype=like.dtype, device=like.device)
         if class_labels is None:
-            return denoiser(x, sigma)
-        return denoiser(x, sigma, class_labels)
+            return denoiser(x, t)
+        return denoiser(x, t, class_labels)
 
     return model
 

@@ -29,7 +29,8 @@ def _linear(fan_in: int, fan_out: int, generator: torch.Generator, *, xavier: bo
             bound = math.sqrt(6 / (fan_in + fan_out))
             layer.weight.copy_((torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound)
         else:
-            layer.weight.copy_(torch.randn(fan_out, fan_in, generator=generator) / math.sqrt(fan_in))
+            weight = torch.randn(fan_out, fan_in, generator=generator)
+            layer.weight.copy_(weight / math.sqrt(fan_in))
         layer.bias.zero_()
     return layer
 

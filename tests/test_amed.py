@@ -194,7 +194,8 @@ def test_training_lowers_the_held_out_per_step_loss(digits, solver, nfe, afs):
 
 
 def test_artifact_round_trips_and_samples_identically(gmm, tmp_path):
-    art = amed.fit(gmm, "dpmpp", 4, trajectories=64, epochs=1, batch_size=32, progress=False, dtype=F64)
+    art = amed.fit(gmm, "dpmpp", 4, trajectories=64, epochs=1, batch_size=32, progress=False,
+                   dtype=F64)
     path = tmp_path / "amed.json"
     art.save(path)
     again = amed.AMEDArtifact.load(path)
