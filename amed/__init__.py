@@ -5,6 +5,8 @@ of euler (ddim), ipndm or dpmpp, so that N steps cost 2N denoiser calls (2N - 1 
 ``amed.sample(denoiser, latents, artifact)`` samples with it. See amed/plugin.py for the step.
 """
 
+from torch import Tensor
+
 from amed.artifact import AMEDArtifact
 from amed.features import Features, pool_map, pooled_input
 from amed.fit import fit, fit_evaluations, heun_teacher, squared_error, step_losses
@@ -19,7 +21,7 @@ from amed.plugin import (
 from amed.predictor import Predictor
 
 
-def sample(denoiser, latents, artifact: AMEDArtifact, **kwargs):
+def sample(denoiser, latents: Tensor, artifact: AMEDArtifact, **kwargs) -> Tensor | tuple:
     """``artifact.sample(denoiser, latents, features=None, class_labels=None,
     return_trajectory=False)``: exactly ``artifact.nfe`` denoiser calls."""
     return artifact.sample(denoiser, latents, **kwargs)

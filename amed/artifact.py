@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from amed.features import Features, resolve
+from amed.features import Features, name_of, resolve
 from amed.plugin import run
 from amed.predictor import Predictor
 
@@ -66,13 +66,19 @@ class AMEDArtifact:
         class_labels: Tensor | None = None,
         return_trajectory: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Sample with exactly ``self.nfe`` denoiser calls (see ``amed.sample``)."""
+        """Sample with exactly ``self.nfe`` denoiser calls (see ``amed.sample``); the features
+        must come from the source the predictor was trained on."""
+        features = resolve(denoiser, features)
+        if name_of(features) != self.features:
+            raise ValueError(
+                f"the AMED predictor was trained on {self.features!r} features, "
+                f"not {name_of(features)!r}"
+            )
         predictor = self.build_predictor(latents.dtype, latents.device)
         with torch.no_grad():
             return run(
-                denoiser, latents, self.solver, self.times, self.options, predictor,
-                resolve(denoiser, features), class_labels=class_labels,
-                return_trajectory=return_trajectory,
+                denoiser, latents, self.solver, self.times, self.options, predictor, features,
+                class_labels=class_labels, return_trajectory=return_trajectory,
             )
 
     def to_json(self) -> dict[str, Any]:

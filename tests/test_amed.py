@@ -203,6 +203,8 @@ def test_artifact_round_trips_and_samples_identically(gmm, tmp_path):
     assert again.teacher["solver"] == "heun" and again.training["lr"] == 5e-3
     latents = torch.randn(16, 2, dtype=F64)
     assert torch.equal(amed.sample(gmm, latents, again), amed.sample(gmm, latents, art))
+    with pytest.raises(ValueError, match="trained on 'pooled-input' features"):
+        amed.sample(gmm, latents, again, features=lambda x, sigma: x)
     path.write_text("[1]")
     with pytest.raises(ValueError, match="not an AMED artifact"):
         amed.AMEDArtifact.load(path)
