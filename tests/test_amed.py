@@ -237,3 +237,15 @@ def test_fit_evaluations_counts_every_denoised_sample_of_a_fit(gmm):
              progress=False)
     samples = sum(call.args[0].shape[0] for call in counting.call_args_list)
     assert samples == amed.fit_evaluations(5, 40, 2) == 2 * 40 * 5 + 1
+
+
+def test_dpmpp_with_thresholding_keeps_the_nfe_and_thresholds_its_data(digits):
+    art = amed.fit(digits, "dpmpp", 6, trajectories=8, epochs=0, progress=False, dtype=F64,
+                   thresholding=True)
+    counting = Mock(wraps=digits)
+    latents = torch.randn(3, 1, 8, 8, dtype=F64)
+    out = amed.sample(counting, latents, art)
+    assert counting.call_count == 6
+    plain = amed.fit(digits, "dpmpp", 6, trajectories=8, epochs=0, progress=False, dtype=F64)
+    # The digits' std-0.05 components reach slightly past [-1, 1]: thresholding changes them.
+    assert not torch.allclose(out, amed.sample(digits, latents, plain))
