@@ -27,7 +27,8 @@ from torch_utils import persistence
 class TinyUNet(torch.nn.Module):
     def __init__(self, channels, label_dim):
         super().__init__()
-        self.conv_in = torch.nn.Conv2d(channels, 8, 3, padding=1)
+        # Named like EDM's encoder blocks, so that AMED's bottleneck hook finds the last one.
+        self.enc = torch.nn.ModuleDict({"8x8_conv": torch.nn.Conv2d(channels, 8, 3, padding=1)})
         self.noise = torch.nn.Linear(1, 8)
         self.label = torch.nn.Linear(label_dim, 8, bias=False) if label_dim else None
         self.conv_out = torch.nn.Conv2d(8, channels, 3, padding=1)
@@ -36,7 +37,7 @@ class TinyUNet(torch.nn.Module):
         emb = self.noise(noise_labels.reshape(-1, 1))
         if self.label is not None:
             emb = emb + self.label(class_labels)
-        h = torch.tanh(self.conv_in(x) + emb[:, :, None, None])
+        h = torch.tanh(self.enc["8x8_conv"](x) + emb[:, :, None, None])
         return self.conv_out(h)
 
 
