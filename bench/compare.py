@@ -40,13 +40,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from bench.errors import UserError
+from bench.errors import UsageParser, UserError
 from bench.results import load_rows
 from bench.verdict import (
     BETTER,
@@ -56,6 +55,7 @@ from bench.verdict import (
     SAME,
     WORSE,
     change_in_se,
+    gate_arg,
     judge,
     relative_change,
 )
@@ -245,34 +245,17 @@ def report(comparison: Comparison, baseline: Path, candidate: Path, verbose: boo
     return "\n\n".join(parts)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors become a UserError: one line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(message)
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"tolerance must be a number >= 0, got {text!r}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path, help="baseline run file or store folder")
     parser.add_argument("candidate", type=Path, help="candidate run file or store folder")
-    parser.add_argument("--metric-tol", type=_tolerance, default=DEFAULT_METRIC_TOL, metavar="REL",
+    parser.add_argument("--metric-tol", type=gate_arg, default=DEFAULT_METRIC_TOL, metavar="REL",
                         help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
-    parser.add_argument("--z", type=_tolerance, default=DEFAULT_Z, metavar="Z",
+    parser.add_argument("--z", type=gate_arg, default=DEFAULT_Z, metavar="Z",
                         help="a metric or time rise must also exceed Z combined standard errors "
                              f"sqrt(se_base^2 + se_cand^2) (default {DEFAULT_Z:g}; 0 = tolerance "
                              "only; rows without value_se / s_per_sample_se: tolerance only)")
-    parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
+    parser.add_argument("--time-tol", type=gate_arg, metavar="REL",
                         help="allowed relative s_per_sample increase (default: times not checked)")
     parser.add_argument("--verbose", action="store_true",
                         help="also list every cell found on one side only, with its config hash")

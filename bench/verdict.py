@@ -17,6 +17,8 @@ whose SEs are right.
 """
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import numpy.typing as npt
 
@@ -59,3 +61,14 @@ def judge(rel: ArrayLike, score: ArrayLike, tol: float, z: float) -> np.ndarray:
     labels[up] = WORSE
     labels[down] = BETTER
     return labels
+
+
+def gate_arg(text: str) -> float:
+    """A command-line tolerance or z: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
