@@ -63,7 +63,7 @@ def test_series_follow_git_ancestry_and_a_dirty_run_follows_its_commit(
     metric = history.points[history.points["kind"] == "metric"].sort_values("position")
     # Each point holds its own run's value (value = 1 + run minute).
     minutes = {name + ("+dirty" if dirty else ""): minute for name, minute, dirty in runs}
-    expected = [1.0 + minutes.get(label, 7) for label in labels]
+    expected = [1.0 + minutes[label] if label in minutes else 99.0 for label in labels]
     assert metric["value"].tolist() == expected and metric["position"].tolist() == list(range(8))
 
 
