@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench.commits import commit_range, subjects, worktree
 from bench.errors import UsageParser, UserError
-from bench.results import _replace_atomically, ensure_writable, load_rows
+from bench.results import ensure_writable, load_rows, replace_atomically
 
 DEFAULT_COMMAND = "{python} -m bench.run --grid {grid} --out {out} --quiet"
 FAILED = "failed"
@@ -65,7 +65,7 @@ def record_failure(store: Path, sha: str, log: str) -> Path:
     """Write the failure record (whole or not at all)."""
     path = store / FAILED / f"{sha}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, log.encode())
+    replace_atomically(path, log.encode())
     return path
 
 

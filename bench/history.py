@@ -37,7 +37,7 @@ from tabulate import tabulate
 
 from bench.commits import subjects, topo_order
 from bench.errors import UsageParser, UserError
-from bench.results import _replace_atomically, load_rows
+from bench.results import load_rows, replace_atomically
 from bench.steps import detect
 from bench.verdict import DEFAULT_METRIC_TOL, DEFAULT_Z, WORSE, gate_arg
 
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = build(args.paths, args.repo, Gates(args.metric_tol, args.time_tol, args.z))
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            _replace_atomically(args.out, history.to_json().encode())
+            replace_atomically(args.out, history.to_json().encode())
     except UserError as err:
         print(f"bench.history: {err}", file=sys.stderr)
         return 2
