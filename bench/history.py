@@ -11,7 +11,8 @@ series:
 - **Series.** One metric series per cell (``config_hash``): ``value`` +- ``value_se``. One
   wall-clock series per cell, host and device: ``s_per_sample`` +- ``s_per_sample_se``. Several
   rows at one point: the newest counts.
-- **Steps.** bench.steps finds change points (PELT weighted by the stored SEs) and judges each
+- **Steps.** bench.steps finds change points (ruptures' binary segmentation, each point
+  weighted by its stored SE) and judges each
   with bench.verdict's rule, the one bench.compare uses: metric steps against ``--metric-tol`` and
   ``--z``, wall-clock steps against ``--time-tol`` and ``--z``. Rows marked ``timing_suspect`` are
   kept (the trend page draws them) but never used to detect a step.
