@@ -4,7 +4,7 @@ Two stages. **Candidates**: ruptures' binary segmentation (``Binseg``) splits th
 piecewise-constant fit pays for its extra level, with the cost of a segment the chi-square of its weighted mean, each point
 weighted by 1 / sigma_i^2 (``WeightedL2``), and a penalty of z^2 per change point (in chi-square
 units, a lone step of z point SEs). Binary segmentation rather than ruptures' exact PELT: PELT
-is pure Python there and prunes little on noisy series (8 s against 1 s for 200 commits x 240
+is pure Python there and prunes little on noisy series (9.4 s against 1.7 s for 200 commits x 240
 series, tests/benchmarks/test_bench_history.py), and a step between commits is what binary
 segmentation finds best. sigma_i is the point's stored SE combined with the series'
 own scatter (the robust spread of successive differences, so that measurements noisier than
