@@ -8,8 +8,8 @@ is pure Python there and prunes little on noisy series (9.4 s against 1.7 s for 
 series, tests/benchmarks/test_bench_history.py), and a step between commits is what binary
 segmentation finds best. sigma_i is the point's stored SE combined with the series'
 own scatter (the robust spread of successive differences, so that measurements noisier than
-their stored SE, like wall-clock times on a shared machine, do not split at every point), and
-never below ``tol`` times the series' level (changes inside the tolerance cannot split it).
+their stored SE, like wall-clock times on a shared machine, do not split at every point), kept
+above 1e-12 of the series' level so that series without SEs have finite weights.
 **Verdict**: each change point compares the levels of its two segments with bench.verdict's
 rule, the one bench.compare applies to two runs. A segment's level is its weighted mean; its SE
 depends on what the stored SE measures:
@@ -85,12 +85,11 @@ def scatter(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2))
 
 
-def point_sigmas(values: np.ndarray, ses: np.ndarray, tol: float) -> tuple[np.ndarray, float]:
+def point_sigmas(values: np.ndarray, ses: np.ndarray) -> tuple[np.ndarray, float]:
     """Each point's sigma for the segmentation and the series' extra scatter."""
     extra = scatter(values)
     sigma = np.hypot(np.nan_to_num(ses), extra)
-    level = float(np.median(np.abs(values)))
-    floor = max(tol, MIN_RELATIVE_SIGMA) * level or np.finfo(float).tiny
+    floor = MIN_RELATIVE_SIGMA * float(np.median(np.abs(values))) or np.finfo(float).tiny
     return np.maximum(sigma, floor), extra
 
 
@@ -125,7 +124,7 @@ def detect(values: np.ndarray, ses: np.ndarray, tol: float, z: float,
            shared_noise: bool) -> list[Step]:
     """The worse/better steps of one series (ordered by commit; NaN SE: none stored)."""
     values, ses = np.asarray(values, dtype=float), np.asarray(ses, dtype=float)
-    sigma, extra = point_sigmas(values, ses, tol)
+    sigma, extra = point_sigmas(values, ses)
     bounds = [0, *change_points(values, sigma, z), values.size]
     levels = [_level(values[a:b], ses[a:b], sigma[a:b], extra, shared_noise)
               for a, b in pairwise(bounds)]

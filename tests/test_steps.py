@@ -42,3 +42,14 @@ def test_without_standard_errors_the_tolerance_alone_decides() -> None:
     assert (step.start, step.verdict, np.isnan(step.score)) == (N, "worse", True)
     assert detect(values, ses, tol=1e-5, z=3.0, shared_noise=True) == []
     assert detect(np.r_[np.ones(N), np.full(N, 1 + 1e-13)], ses, tol=1e-9, z=3.0, shared_noise=True) == []
+
+
+def test_a_slowdown_at_the_newest_commit_is_found_there() -> None:
+    """1% timing noise with its SE stored: a 10% slowdown of the newest run alone is a step
+    there (past the 5% tolerance and far past z)."""
+    rng = np.random.default_rng(4)
+    times = 1e-3 * (1 + 0.01 * rng.standard_normal(N))
+    times[-1] *= 1.1
+    step, = detect(times, np.full(N, 1e-5), tol=0.05, z=3.0, shared_noise=False)
+    assert (step.start, step.verdict) == (N - 1, "worse") and step.score > 3
+    assert step.rel == pytest.approx(0.1, abs=0.03)
