@@ -1,4 +1,4 @@
-"""Run a grid on every commit of a range, each with its own code, into one store (`python -m bench.backfill`).
+"""Run a grid on each commit of a range, with its code, into one store (`python -m bench.backfill`).
 
 ``python -m bench.backfill A..B --grid smoke --store results/history/smoke`` lists the commits
 reachable from B and not from A (oldest first, ``git rev-list --topo-order``), and for each one
@@ -18,6 +18,7 @@ store only when the run succeeded. So:
 made absolute) and ``{out}`` the temporary folder it must write ``*.jsonl`` rows to; it runs in
 the worktree. Exit status: 0 when every commit is stored or recorded as failed, 2 on bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,16 +93,21 @@ def _move_rows(out: Path, store: Path, sha: str) -> bool:
     return True
 
 
-def run_at_commit(repo: Path, sha: str, command: str, fields: Mapping[str, str], store: Path) -> Outcome:
+def run_at_commit(
+    repo: Path, sha: str, command: str, fields: Mapping[str, str], store: Path
+) -> Outcome:
     """Run ``command`` (a template over ``fields`` plus ``out``) in a worktree at ``sha`` and
     move its rows into ``store`` if it succeeded."""
     with worktree(repo, sha) as tree, tempfile.TemporaryDirectory(prefix="pasbench-out-") as out:
-        argv = [part.format(python=sys.executable, out=out, **fields) for part in shlex.split(command)]
+        argv = [
+            part.format(python=sys.executable, out=out, **fields) for part in shlex.split(command)
+        ]
         try:
             done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, check=False)
         except OSError as err:
             return Outcome(False, f"$ {shlex.join(argv)}\n{err}")
-        log = f"$ {shlex.join(argv)}\nexit status {done.returncode}\n{_tail(done.stdout + done.stderr)}"
+        output = _tail(done.stdout + done.stderr)
+        log = f"$ {shlex.join(argv)}\nexit status {done.returncode}\n{output}"
         if done.returncode != 0:
             return Outcome(False, log)
         if not _move_rows(Path(out), store, sha):
@@ -109,7 +115,9 @@ def run_at_commit(repo: Path, sha: str, command: str, fields: Mapping[str, str],
         return Outcome(True)
 
 
-def backfill(repo: Path, spec: str, grid: str, store: Path, command: str = DEFAULT_COMMAND) -> dict[str, str]:
+def backfill(
+    repo: Path, spec: str, grid: str, store: Path, command: str = DEFAULT_COMMAND
+) -> dict[str, str]:
     """Run the grid on every commit of ``spec`` not yet stored or failed; returns sha -> status
     (stored, failed, skipped: stored, skipped: failed) and prints one progress line per commit."""
     ensure_writable(store)
@@ -137,13 +145,27 @@ def backfill(repo: Path, spec: str, grid: str, store: Path, command: str = DEFAU
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = UsageParser(prog="python -m bench.backfill", description=__doc__.splitlines()[0])
-    parser.add_argument("range", metavar="A..B", help="commits to run: A..B (B's ancestors not in A) or one commit")
-    parser.add_argument("--grid", default="smoke", metavar="NAME|PATH", help="grid to run (default: smoke)")
-    parser.add_argument("--store", type=Path, default=None, metavar="DIR",
-                        help="store every commit's rows here (default: results/history/<grid name>)")
-    parser.add_argument("--repo", type=Path, default=Path("."), help="git repository (default: the current folder)")
-    parser.add_argument("--command", default=DEFAULT_COMMAND,
-                        help=f"benchmark command run in each worktree (default: {DEFAULT_COMMAND!r})")
+    parser.add_argument(
+        "range", metavar="A..B", help="commits to run: A..B (B's ancestors not in A) or one commit"
+    )
+    parser.add_argument(
+        "--grid", default="smoke", metavar="NAME|PATH", help="grid to run (default: smoke)"
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="store every commit's rows here (default: results/history/<grid name>)",
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=Path("."), help="git repository (default: the current folder)"
+    )
+    parser.add_argument(
+        "--command",
+        default=DEFAULT_COMMAND,
+        help=f"benchmark command run in each worktree (default: {DEFAULT_COMMAND!r})",
+    )
     return parser.parse_args(argv)
 
 
@@ -156,11 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.backfill: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench.backfill: interrupted; the same command continues where this one stopped",
-              file=sys.stderr)
+        print(
+            "bench.backfill: interrupted; the same command continues where this one stopped",
+            file=sys.stderr,
+        )
         return 130
     counts = {name: list(status.values()).count(name) for name in dict.fromkeys(status.values())}
-    print(f"{len(status)} commit(s) in {store}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    print(
+        f"{len(status)} commit(s) in {store}: "
+        + ", ".join(f"{n} {name}" for name, n in counts.items())
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ solver, NFE and PAS setting); ``{dataset}``, ``{solver}``, ``{nfe}``, ``{pas}`` 
 ``{grid}``, ``{python}`` and ``{out}`` are filled in. Exit status: 0 when a first bad commit is
 found, 1 when BAD is not worse than GOOD or every candidate was skipped, 2 on bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ from bench.verdict import (
     relative_change,
 )
 
-DEFAULT_COMMAND = ("{python} -m bench.run --grid {grid} --datasets {dataset} --solvers {solver} "
-                   "--nfe {nfe} --pas {pas} --out {out} --quiet")
+DEFAULT_COMMAND = (
+    "{python} -m bench.run --grid {grid} --datasets {dataset} --solvers {solver} "
+    "--nfe {nfe} --pas {pas} --out {out} --quiet"
+)
 
 
 @dataclass
@@ -71,11 +74,18 @@ class Bisection:
         """The command's cell fields, from any stored row of the cell."""
         mine = self.cell_rows()
         if mine.empty:
-            raise UserError(f"no row of cell {self.cell} in {self.store}: run it once first "
-                            "(bench.run or bench.backfill) so bisect knows what to run")
+            raise UserError(
+                f"no row of cell {self.cell} in {self.store}: run it once first "
+                "(bench.run or bench.backfill) so bisect knows what to run"
+            )
         row = mine.iloc[-1]
-        return {"dataset": str(row["dataset"]), "solver": str(row["solver"]), "nfe": str(row["nfe"]),
-                "pas": "on" if row["pas"] else "off", "grid": grid_argument(self.grid)}
+        return {
+            "dataset": str(row["dataset"]),
+            "solver": str(row["solver"]),
+            "nfe": str(row["nfe"]),
+            "pas": "on" if row["pas"] else "off",
+            "grid": grid_argument(self.grid),
+        }
 
     def row_at(self, sha: str) -> pd.Series | None:
         """The cell's row at ``sha``: stored, else run there (None: the commit cannot give it)."""
@@ -127,17 +137,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = UsageParser(prog="python -m bench.bisect", description=__doc__.splitlines()[0])
     parser.add_argument("good", help="a commit where the cell was good")
     parser.add_argument("bad", help="a later commit where it is worse")
-    parser.add_argument("--cell", required=True, metavar="CONFIG_HASH", help="the cell's config_hash")
-    parser.add_argument("--store", type=Path, required=True, metavar="DIR",
-                        help="store with the cell's rows; rows run here are added to it")
-    parser.add_argument("--grid", default="smoke", metavar="NAME|PATH",
-                        help="grid the cell comes from (default: smoke)")
+    parser.add_argument(
+        "--cell", required=True, metavar="CONFIG_HASH", help="the cell's config_hash"
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="store with the cell's rows; rows run here are added to it",
+    )
+    parser.add_argument(
+        "--grid",
+        default="smoke",
+        metavar="NAME|PATH",
+        help="grid the cell comes from (default: smoke)",
+    )
     parser.add_argument("--repo", type=Path, default=Path("."), help="git repository (default: .)")
     parser.add_argument("--command", default=DEFAULT_COMMAND, help="benchmark command (see above)")
-    parser.add_argument("--metric-tol", type=gate_arg, default=DEFAULT_METRIC_TOL, metavar="REL",
-                        help=f"relative tolerance (default {DEFAULT_METRIC_TOL:g})")
-    parser.add_argument("--z", type=gate_arg, default=DEFAULT_Z, metavar="Z",
-                        help=f"combined standard errors (default {DEFAULT_Z:g})")
+    parser.add_argument(
+        "--metric-tol",
+        type=gate_arg,
+        default=DEFAULT_METRIC_TOL,
+        metavar="REL",
+        help=f"relative tolerance (default {DEFAULT_METRIC_TOL:g})",
+    )
+    parser.add_argument(
+        "--z",
+        type=gate_arg,
+        default=DEFAULT_Z,
+        metavar="Z",
+        help=f"combined standard errors (default {DEFAULT_Z:g})",
+    )
     return parser.parse_args(argv)
 
 
@@ -145,8 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         ensure_writable(args.store)
-        search = Bisection(args.repo, args.store, args.cell, args.grid, args.command,
-                           args.metric_tol, args.z)
+        search = Bisection(
+            args.repo, args.store, args.cell, args.grid, args.command, args.metric_tol, args.z
+        )
         found, skipped = first_bad(search, args.good, args.bad)
         names = subjects(args.repo, [found] if found else [])
     except UserError as err:
@@ -156,8 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped (could not measure the cell): {' '.join(sha[:8] for sha in skipped)}")
     print(f"cell runs: {len(search.runs)}")
     if found is None:
-        print(f"no first bad commit: {args.bad} is not worse than {args.good}, or every "
-              "candidate between them was skipped")
+        print(
+            f"no first bad commit: {args.bad} is not worse than {args.good}, or every "
+            "candidate between them was skipped"
+        )
         return 1
     print(f"first bad commit: {found} {names.get(found, '')}")
     return 0

@@ -1,5 +1,6 @@
 """Git plumbing for bench.history, bench.backfill and bench.bisect: commit order, subjects,
 ranges, and temporary worktrees holding one commit's code."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +15,13 @@ from bench.errors import UserError
 def git(repo: Path, *args: str, stdin: str | None = None) -> str:
     """Run git in ``repo``; a failure is a UserError naming the command and git's message."""
     try:
-        done = subprocess.run(["git", "-C", str(repo), *args], input=stdin, capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except OSError as err:
         raise UserError(f"cannot run git: {err}") from None
     if done.returncode != 0:
@@ -36,8 +42,12 @@ def known_commits(repo: Path, shas: Iterable[str]) -> set[str]:
     wanted = sorted({sha for sha in shas if isinstance(sha, str) and sha})
     if not wanted or not is_repository(repo):
         return set()
-    lines = git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype)",
-                stdin="\n".join(wanted) + "\n").splitlines()
+    lines = git(
+        repo,
+        "cat-file",
+        "--batch-check=%(objectname) %(objecttype)",
+        stdin="\n".join(wanted) + "\n",
+    ).splitlines()
     return {line.split()[0] for line in lines if line.endswith(" commit")}
 
 
@@ -77,8 +87,9 @@ def commit_range(repo: Path, spec: str) -> list[str]:
 
 def ancestry_path(repo: Path, good: str, bad: str) -> list[str]:
     """Commits on a path from ``good`` (excluded) to ``bad`` (included), oldest first."""
-    return git(repo, "rev-list", "--ancestry-path", "--topo-order", "--reverse",
-               f"{good}..{bad}").split()
+    return git(
+        repo, "rev-list", "--ancestry-path", "--topo-order", "--reverse", f"{good}..{bad}"
+    ).split()
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Every cell's metric and wall-clock as a history over commits, with its steps (`python -m bench.history`).
+"""Every cell's metric and wall-clock over commits, with its steps (`python -m bench.history`).
 
 Reads rows from stores and run files, places each row at a commit point and groups them into
 series:
@@ -23,6 +23,7 @@ combined SEs. ``--out FILE.json`` stores the commits, points and steps for ``pyt
 --history FILE.json``. Exit status: 1 with ``--fail-on-regression`` when the newest commit point
 starts a regression; 2 on bad input; 0 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,46 +75,86 @@ class History:
 
     def to_json(self) -> str:
         """Everything the trend page needs (``python -m report --history``)."""
+
         def records(frame: pd.DataFrame) -> list[dict]:
             return json.loads(frame.to_json(orient="records", date_format="iso"))
-        return json.dumps({"gates": vars(self.gates), "commits": records(self.commits),
-                           "points": records(self.points), "steps": records(self.steps)})
+
+        return json.dumps(
+            {
+                "gates": vars(self.gates),
+                "commits": records(self.commits),
+                "points": records(self.points),
+                "steps": records(self.steps),
+            }
+        )
 
 
 def commit_points(rows: pd.DataFrame, repo: Path) -> pd.DataFrame:
     """One line per (commit, dirty) point in history order: position, short name, subject."""
-    points = rows.groupby(POINT_KEY, as_index=False)["created"].min().rename(
-        columns={"created": "first_run"})
+    points = (
+        rows.groupby(POINT_KEY, as_index=False)["created"]
+        .min()
+        .rename(columns={"created": "first_run"})
+    )
     order = topo_order(repo, points["git_sha"])
     rank = {sha: index for index, sha in enumerate(order)}
     points["known"] = points["git_sha"].isin(rank)
     points["rank"] = points["git_sha"].map(rank).astype(float)
     known = points[points["known"]].sort_values("first_run")
     latest_rank = known["rank"].cummax().to_numpy()
-    before = np.searchsorted(known["first_run"].to_numpy(), points.loc[~points["known"], "first_run"].to_numpy(),
-                             side="right") - 1
+    before = (
+        np.searchsorted(
+            known["first_run"].to_numpy(),
+            points.loc[~points["known"], "first_run"].to_numpy(),
+            side="right",
+        )
+        - 1
+    )
     points.loc[~points["known"], "rank"] = np.where(before >= 0, latest_rank[before], -1.0) + 0.5
-    points = points.sort_values(["rank", "dirty", "first_run"], kind="stable").reset_index(drop=True)
+    points = points.sort_values(["rank", "dirty", "first_run"], kind="stable").reset_index(
+        drop=True
+    )
     points["position"] = np.arange(len(points))
-    points["short"] = points["git_sha"].astype(str).str[:8] + np.where(points["dirty"], "+dirty", "")
+    points["short"] = points["git_sha"].astype(str).str[:8] + np.where(
+        points["dirty"], "+dirty", ""
+    )
     points["subject"] = points["git_sha"].map(subjects(repo, order)).fillna("")
     return points.drop(columns="rank")
 
 
 def series_points(rows: pd.DataFrame, commits: pd.DataFrame) -> pd.DataFrame:
-    """Metric points per cell and wall-clock points per cell, host and device; newest row per point."""
-    placed = rows.merge(commits[[*POINT_KEY, "position"]], on=POINT_KEY).sort_values("created", kind="stable")
-    metric = placed[placed["value"].notna()].drop_duplicates(["config_hash", "position"], keep="last")
+    """Metric points per cell, wall-clock points per cell, host and device; the newest row per
+    point."""
+    placed = rows.merge(commits[[*POINT_KEY, "position"]], on=POINT_KEY).sort_values(
+        "created", kind="stable"
+    )
+    metric = placed[placed["value"].notna()].drop_duplicates(
+        ["config_hash", "position"], keep="last"
+    )
     timed = placed[placed["s_per_sample"].notna()].drop_duplicates(
-        ["config_hash", "host", "device", "position"], keep="last")
+        ["config_hash", "host", "device", "position"], keep="last"
+    )
     columns = ["config_hash", *CELL, "position", "host", "device"]
     metric_points = metric[columns].assign(
-        kind="metric", series=metric["config_hash"], value=metric["value"], se=metric["value_se"],
-        suspect=False, host=None, device=None)
+        kind="metric",
+        series=metric["config_hash"],
+        value=metric["value"],
+        se=metric["value_se"],
+        suspect=False,
+        host=None,
+        device=None,
+    )
     time_points = timed[columns].assign(
-        kind="time", series=timed["config_hash"] + "@" + timed["host"].astype(str) + "/"
-        + timed["device"].astype(str), value=timed["s_per_sample"], se=timed["s_per_sample_se"],
-        suspect=timed["timing_suspect"])
+        kind="time",
+        series=timed["config_hash"]
+        + "@"
+        + timed["host"].astype(str)
+        + "/"
+        + timed["device"].astype(str),
+        value=timed["s_per_sample"],
+        se=timed["s_per_sample_se"],
+        suspect=timed["timing_suspect"],
+    )
     points = pd.concat([metric_points, time_points], ignore_index=True)
     points["se"] = points["se"].astype(float)
     return points.sort_values(["kind", "series", "position"], kind="stable").reset_index(drop=True)
@@ -124,18 +165,48 @@ def find_steps(points: pd.DataFrame, commits: pd.DataFrame, gates: Gates) -> pd.
     found = []
     for (kind, _), series in points[~points["suspect"]].groupby(["kind", "series"], sort=False):
         tol = gates.metric_tol if kind == "metric" else gates.time_tol
-        for step in detect(series["value"].to_numpy(), series["se"].to_numpy(), tol, gates.z,
-                           shared_noise=kind == "metric"):
+        for step in detect(
+            series["value"].to_numpy(),
+            series["se"].to_numpy(),
+            tol,
+            gates.z,
+            shared_noise=kind == "metric",
+        ):
             first = series.iloc[step.start]
-            found.append({**first[["kind", "series", "config_hash", *CELL, "host", "device",
-                                   "position"]].to_dict(),
-                          "before": step.before, "after": step.after, "se_before": step.se_before,
-                          "se_after": step.se_after, "rel": step.rel, "score": step.score,
-                          "verdict": step.verdict})
-    columns = ["kind", "series", "config_hash", *CELL, "host", "device", "position", "before",
-               "after", "se_before", "se_after", "rel", "score", "verdict"]
+            found.append(
+                {
+                    **first[
+                        ["kind", "series", "config_hash", *CELL, "host", "device", "position"]
+                    ].to_dict(),
+                    "before": step.before,
+                    "after": step.after,
+                    "se_before": step.se_before,
+                    "se_after": step.se_after,
+                    "rel": step.rel,
+                    "score": step.score,
+                    "verdict": step.verdict,
+                }
+            )
+    columns = [
+        "kind",
+        "series",
+        "config_hash",
+        *CELL,
+        "host",
+        "device",
+        "position",
+        "before",
+        "after",
+        "se_before",
+        "se_after",
+        "rel",
+        "score",
+        "verdict",
+    ]
     steps = pd.DataFrame(found, columns=columns)
-    named = steps.merge(commits[["position", "git_sha", "dirty", "short", "subject"]], on="position")
+    named = steps.merge(
+        commits[["position", "git_sha", "dirty", "short", "subject"]], on="position"
+    )
     return named.sort_values(["position", "kind", *CELL], kind="stable").reset_index(drop=True)
 
 
@@ -159,52 +230,94 @@ def build(paths: Sequence[Path], repo: Path, gates: Gates) -> History:
 
 
 def _what(step: pd.Series) -> str:
-    return step["metric"] if step["kind"] == "metric" else f"s/sample {step['host']} {step['device']}"
+    return (
+        step["metric"] if step["kind"] == "metric" else f"s/sample {step['host']} {step['device']}"
+    )
 
 
 def steps_table(history: History) -> str:
     """The detected steps, one line each."""
     steps = history.steps
-    shown = pd.DataFrame({
-        **{key: steps[key] for key in ["dataset", "solver", "nfe", "pas"]},
-        "series": steps.apply(_what, axis=1),
-        "commit": steps["short"],
-        "subject": steps["subject"].str.slice(0, 50),
-        "before": steps["before"].map("{:.6g}".format),
-        "after": steps["after"].map("{:.6g}".format),
-        "rel": steps["rel"].map("{:+.2%}".format),
-        "in SE": steps["score"].map(lambda s: "no SE" if np.isnan(s) else f"{s:+.1f}"),
-        "verdict": steps["verdict"],
-    })
-    return tabulate(shown, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+    shown = pd.DataFrame(
+        {
+            **{key: steps[key] for key in ["dataset", "solver", "nfe", "pas"]},
+            "series": steps.apply(_what, axis=1),
+            "commit": steps["short"],
+            "subject": steps["subject"].str.slice(0, 50),
+            "before": steps["before"].map("{:.6g}".format),
+            "after": steps["after"].map("{:.6g}".format),
+            "rel": steps["rel"].map("{:+.2%}".format),
+            "in SE": steps["score"].map(lambda s: "no SE" if np.isnan(s) else f"{s:+.1f}"),
+            "verdict": steps["verdict"],
+        }
+    )
+    return tabulate(
+        shown, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True
+    )
 
 
 def summary(history: History) -> str:
     kinds = history.points.drop_duplicates("series")["kind"].value_counts()
     verdicts = history.steps["verdict"].value_counts()
     known = int(history.commits["known"].sum())
-    return (f"{len(history.commits)} commit point(s) ({known} ordered by git ancestry), "
-            f"{kinds.get('metric', 0)} metric and {kinds.get('time', 0)} wall-clock series; "
-            f"{verdicts.get('worse', 0)} regression(s), {verdicts.get('better', 0)} improvement(s)")
+    return (
+        f"{len(history.commits)} commit point(s) ({known} ordered by git ancestry), "
+        f"{kinds.get('metric', 0)} metric and {kinds.get('time', 0)} wall-clock series; "
+        f"{verdicts.get('worse', 0)} regression(s), {verdicts.get('better', 0)} improvement(s)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = UsageParser(prog="python -m bench.history", description=__doc__.splitlines()[0],
-                     epilog="Stores: results/history/ (README, 'Tracking commits').")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="STORE_OR_RUN",
-                        help="result stores (folders of run files) or run files")
-    parser.add_argument("--repo", type=Path, default=Path("."),
-                        help="git repository that orders the commits (default: the current folder)")
-    parser.add_argument("--metric-tol", type=gate_arg, default=DEFAULT_METRIC_TOL, metavar="REL",
-                        help=f"a metric step must exceed this relative size (default {DEFAULT_METRIC_TOL:g})")
-    parser.add_argument("--time-tol", type=gate_arg, default=DEFAULT_TIME_TOL, metavar="REL",
-                        help=f"a wall-clock step must exceed this relative size (default {DEFAULT_TIME_TOL:g})")
-    parser.add_argument("--z", type=gate_arg, default=DEFAULT_Z, metavar="Z",
-                        help=f"a step must also exceed Z combined SEs (default {DEFAULT_Z:g})")
-    parser.add_argument("--out", type=Path, metavar="FILE.json",
-                        help="store commits, points and steps for `python -m report --history`")
-    parser.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 when the newest commit point starts a regression (for CI)")
+    parser = UsageParser(
+        prog="python -m bench.history",
+        description=__doc__.splitlines()[0],
+        epilog="Stores: results/history/ (README, 'Tracking commits').",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="STORE_OR_RUN",
+        help="result stores (folders of run files) or run files",
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="git repository that orders the commits (default: the current folder)",
+    )
+    parser.add_argument(
+        "--metric-tol",
+        type=gate_arg,
+        default=DEFAULT_METRIC_TOL,
+        metavar="REL",
+        help=f"a metric step must exceed this relative size (default {DEFAULT_METRIC_TOL:g})",
+    )
+    parser.add_argument(
+        "--time-tol",
+        type=gate_arg,
+        default=DEFAULT_TIME_TOL,
+        metavar="REL",
+        help=f"a wall-clock step must exceed this relative size (default {DEFAULT_TIME_TOL:g})",
+    )
+    parser.add_argument(
+        "--z",
+        type=gate_arg,
+        default=DEFAULT_Z,
+        metavar="Z",
+        help=f"a step must also exceed Z combined SEs (default {DEFAULT_Z:g})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.json",
+        help="store commits, points and steps for `python -m report --history`",
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when the newest commit point starts a regression (for CI)",
+    )
     return parser.parse_args(argv)
 
 
@@ -223,8 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(steps_table(history))
     newest = history.newest_regressions
     if args.fail_on_regression and not newest.empty:
-        print(f"the newest commit point ({newest['short'].iloc[0]}) starts "
-              f"{len(newest)} regression(s)")
+        print(
+            f"the newest commit point ({newest['short'].iloc[0]}) starts "
+            f"{len(newest)} regression(s)"
+        )
         return 1
     return 0
 

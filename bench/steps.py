@@ -1,15 +1,16 @@
-"""Steps in one series of measurements ordered by commit, found by ruptures and judged by bench.verdict.
+"""Steps in a series ordered by commit: found by ruptures, judged by bench.verdict.
 
-Two stages. **Candidates**: ruptures' binary segmentation (``Binseg``) splits the series where a
-piecewise-constant fit pays for its extra level, with the cost of a segment the chi-square of its weighted mean, each point
-weighted by 1 / sigma_i^2 (``WeightedL2``), and a penalty of z^2 per change point (in chi-square
-units, a lone step of z point SEs). Binary segmentation rather than ruptures' exact PELT: PELT
-is pure Python there and prunes little on noisy series (9.4 s against 1.7 s for 200 commits x 240
-series, tests/benchmarks/test_bench_history.py), and a step between commits is what binary
-segmentation finds best. sigma_i is the point's stored SE combined with the series'
-own scatter (the robust spread of successive differences, so that measurements noisier than
-their stored SE, like wall-clock times on a shared machine, do not split at every point), kept
-above 1e-12 of the series' level so that series without SEs have finite weights.
+Two stages. **Candidates**: ruptures' binary segmentation (``Binseg``) splits the series where
+a piecewise-constant fit pays for its extra level. A segment costs the chi-square around its
+weighted mean, each point weighted by 1 / sigma_i^2 (``WeightedL2``), and each change point
+costs z^2 (in chi-square units: a lone step of z point SEs). sigma_i is the point's stored SE
+combined with the series' own scatter (the robust spread of successive differences, so that
+measurements noisier than their stored SE, like wall-clock times on a shared machine, do not
+split at every point), kept above 1e-12 of the series' level so that series without SEs have
+finite weights. Binary segmentation rather than ruptures' exact PELT: PELT is pure Python there
+and prunes little on noisy series (9.4 s against 1.7 s for a history of 200 commits x 240
+series, tests/benchmarks/test_bench_history.py, under load), and a single step between commits
+is what binary segmentation finds best.
 **Verdict**: each change point compares the levels of its two segments with bench.verdict's
 rule, the one bench.compare applies to two runs. A segment's level is its weighted mean; its SE
 depends on what the stored SE measures:
@@ -24,6 +25,7 @@ depends on what the stored SE measures:
 
 Only steps judged ``worse`` or ``better`` are reported.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -103,12 +105,15 @@ def change_points(values: np.ndarray, sigma: np.ndarray, z: float) -> list[int]:
     # for a deterministic metric, and the shortcut that keeps long histories fast).
     if values.size < 2 or cost.error(0, values.size) <= penalty:
         return []
-    found = ruptures.Binseg(custom_cost=cost, min_size=1, jump=1).fit(cost.signal).predict(pen=penalty)
+    found = (
+        ruptures.Binseg(custom_cost=cost, min_size=1, jump=1).fit(cost.signal).predict(pen=penalty)
+    )
     return found[:-1]
 
 
-def _level(values: np.ndarray, ses: np.ndarray, sigma: np.ndarray, extra: float,
-           shared_noise: bool) -> tuple[float, float]:
+def _level(
+    values: np.ndarray, ses: np.ndarray, sigma: np.ndarray, extra: float, shared_noise: bool
+) -> tuple[float, float]:
     """A segment's weighted mean and its SE (module docstring); NaN SE when nothing measures it."""
     weights = 1.0 / sigma**2
     level = float(np.average(values, weights=weights))
@@ -120,16 +125,20 @@ def _level(values: np.ndarray, ses: np.ndarray, sigma: np.ndarray, extra: float,
     return level, float(1.0 / np.sqrt(weights.sum()))
 
 
-def detect(values: np.ndarray, ses: np.ndarray, tol: float, z: float,
-           shared_noise: bool) -> list[Step]:
+def detect(
+    values: np.ndarray, ses: np.ndarray, tol: float, z: float, shared_noise: bool
+) -> list[Step]:
     """The worse/better steps of one series (ordered by commit; NaN SE: none stored)."""
     values, ses = np.asarray(values, dtype=float), np.asarray(ses, dtype=float)
     sigma, extra = point_sigmas(values, ses)
     bounds = [0, *change_points(values, sigma, z), values.size]
-    levels = [_level(values[a:b], ses[a:b], sigma[a:b], extra, shared_noise)
-              for a, b in pairwise(bounds)]
+    levels = [
+        _level(values[a:b], ses[a:b], sigma[a:b], extra, shared_noise) for a, b in pairwise(bounds)
+    ]
     steps = []
-    for start, (before, se_b), (after, se_a) in zip(bounds[1:-1], levels[:-1], levels[1:], strict=True):
+    for start, (before, se_b), (after, se_a) in zip(
+        bounds[1:-1], levels[:-1], levels[1:], strict=True
+    ):
         rel = float(relative_change(before, after))
         score = float(change_in_se(before, after, se_b, se_a))
         verdict = judge(rel, score, tol, z).item()

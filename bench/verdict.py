@@ -15,6 +15,7 @@ A change has two sizes: relative, (new - old) / |old|, and in combined standard 
 z = 3 makes a one-sided false alarm about 0.1% per comparison of two independent measurements
 whose SEs are right.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def relative_change(old: ArrayLike, new: ArrayLike) -> np.ndarray:
         return np.where(diff != 0, diff / np.abs(old), 0.0)
 
 
-def change_in_se(old: ArrayLike, new: ArrayLike, se_old: ArrayLike, se_new: ArrayLike) -> np.ndarray:
+def change_in_se(
+    old: ArrayLike, new: ArrayLike, se_old: ArrayLike, se_new: ArrayLike
+) -> np.ndarray:
     """(new - old) / sqrt(se_old^2 + se_new^2); NaN where either SE is missing, 0 for no change,
     +-inf for a change with zero error."""
     old, new = np.asarray(old, dtype=float), np.asarray(new, dtype=float)

@@ -1,5 +1,6 @@
 """Test helpers: temporary repositories whose commits hold a tiny fake benchmark instead of the
 runner, so that backfill and bisect run real worktrees and subprocesses in milliseconds."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ from store_factory import make_row
 SCRIPT = """\
 import json, os, pathlib, subprocess, sys
 out = pathlib.Path(sys.argv[1])
-sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+sha = head.stdout.strip()
 with open(os.environ["FAKE_RUN_LOG"], "a") as log:
     log.write(sha + "\\n")
 row = json.loads(pathlib.Path("row.json").read_text())

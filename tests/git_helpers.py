@@ -1,4 +1,5 @@
 """Temporary git repositories for the history, backfill and bisect tests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,15 +7,20 @@ from pathlib import Path
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 
 def init_repo(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "-b", "main")
-    for key, value in (("user.email", "test@example.com"), ("user.name", "Test"),
-                       ("commit.gpgsign", "false")):
+    for key, value in (
+        ("user.email", "test@example.com"),
+        ("user.name", "Test"),
+        ("commit.gpgsign", "false"),
+    ):
         git(path, "config", key, value)
     return path
 

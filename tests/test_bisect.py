@@ -1,4 +1,5 @@
 """python -m bench.bisect: the injected regression commit, with no more cell runs than halving."""
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,26 @@ def values_with_step(k: int, size: float = 5 * SE) -> list[str]:
 
 
 def bisect(repo: Path, store: Path, good: str, bad: str) -> int:
-    return main([good, bad, "--cell", HASH, "--store", str(store), "--repo", str(repo),
-                 "--command", COMMAND])
+    return main(
+        [
+            good,
+            bad,
+            "--cell",
+            HASH,
+            "--store",
+            str(store),
+            "--repo",
+            str(repo),
+            "--command",
+            COMMAND,
+        ]
+    )
 
 
 @pytest.mark.parametrize("k", [1, 5, 8])
 def test_bisect_finds_the_injected_commit_with_halving_runs(
-        tmp_path: Path, log: Path, k: int, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, log: Path, k: int, capsys: pytest.CaptureFixture
+) -> None:
     repo, _, shas = fake_repo(tmp_path / "repo", values_with_step(k))
     store = tmp_path / "store"
     backfill(repo, shas[0], "smoke", store, COMMAND)  # GOOD and BAD measured beforehand
@@ -53,7 +67,8 @@ def test_bisect_finds_the_injected_commit_with_halving_runs(
 
 
 def test_unmeasurable_commits_are_skipped_and_a_good_bad_is_reported(
-        tmp_path: Path, log: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, log: Path, capsys: pytest.CaptureFixture
+) -> None:
     values = values_with_step(6)
     values[4] = "broken"  # the first middle candidate: skipped, a neighbour is tried
     repo, _, shas = fake_repo(tmp_path / "repo", values)
@@ -61,10 +76,28 @@ def test_unmeasurable_commits_are_skipped_and_a_good_bad_is_reported(
     backfill(repo, shas[0], "smoke", store, COMMAND)
     assert bisect(repo, store, shas[0], shas[-1]) == 0
     out = capsys.readouterr().out
-    assert f"first bad commit: {shas[6]}" in out and f"skipped (could not measure the cell): {shas[4][:8]}" in out
+    assert (
+        f"first bad commit: {shas[6]}" in out
+        and f"skipped (could not measure the cell): {shas[4][:8]}" in out
+    )
     assert len(run_log(log)) == 1 + 1 + 4  # GOOD by backfill, BAD, halving with one skip
     assert bisect(repo, store, shas[0], shas[5]) == 1  # not worse than GOOD
     assert "no first bad commit" in capsys.readouterr().out
-    assert main([shas[0], shas[-1], "--cell", "nosuchcell", "--store", str(store),
-                 "--repo", str(repo), "--command", COMMAND]) == 2
+    assert (
+        main(
+            [
+                shas[0],
+                shas[-1],
+                "--cell",
+                "nosuchcell",
+                "--store",
+                str(store),
+                "--repo",
+                str(repo),
+                "--command",
+                COMMAND,
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith("bench.bisect: no row of cell nosuchcell")

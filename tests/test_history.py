@@ -1,4 +1,5 @@
 """python -m bench.history: ancestry order, dirty points, steps, suspect timings, CI exit status."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,19 +39,31 @@ def branchy(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def test_series_follow_git_ancestry_and_a_dirty_run_follows_its_commit(
-        tmp_path: Path, branchy: tuple[Path, dict[str, str]]) -> None:
+    tmp_path: Path, branchy: tuple[Path, dict[str, str]]
+) -> None:
     repo, shas = branchy
     # Run times deliberately out of ancestry order; b also has a dirty run, run first of all.
-    runs = [("m", 1, False), ("d2", 2, False), ("b", 3, False), ("a", 4, False), ("c", 5, False),
-            ("d1", 6, False), ("b", 0, True)]
-    rows = [at(shas[name], minute, git_dirty=dirty, value=1.0 + minute) for name, minute, dirty in runs]
+    runs = [
+        ("m", 1, False),
+        ("d2", 2, False),
+        ("b", 3, False),
+        ("a", 4, False),
+        ("c", 5, False),
+        ("d1", 6, False),
+        ("b", 0, True),
+    ]
+    rows = [
+        at(shas[name], minute, git_dirty=dirty, value=1.0 + minute) for name, minute, dirty in runs
+    ]
     rows.append(at("f" * 40, 7, value=99.0))  # a commit this repository does not know, run last
     store = write_rows(tmp_path / "store" / "run.jsonl", rows)
     history = build([store.parent], repo, Gates())
     order = history.commits.sort_values("position")
     names = {sha: name for name, sha in shas.items()}
-    labels = [names.get(sha, "unknown") + ("+dirty" if dirty else "")
-              for sha, dirty in zip(order["git_sha"], order["dirty"], strict=True)]
+    labels = [
+        names.get(sha, "unknown") + ("+dirty" if dirty else "")
+        for sha, dirty in zip(order["git_sha"], order["dirty"], strict=True)
+    ]
     parents = [line.split() for line in git(repo, "rev-list", "--parents", "--all").splitlines()]
     position = {label: index for index, label in enumerate(labels)}
     for child, *parent_list in parents:
@@ -67,12 +80,21 @@ def test_series_follow_git_ancestry_and_a_dirty_run_follows_its_commit(
     assert metric["value"].tolist() == expected and metric["position"].tolist() == list(range(8))
 
 
-def _series(shas: list[str], values: list[float], times: list[float] | None = None,
-            suspect: list[bool] | None = None, cell: tuple = ("gmm2d", "ddim", 4, False)) -> list[dict]:
+def _series(
+    shas: list[str],
+    values: list[float],
+    times: list[float] | None = None,
+    suspect: list[bool] | None = None,
+    cell: tuple = ("gmm2d", "ddim", 4, False),
+) -> list[dict]:
     times = times or [BASE_TIME] * len(shas)
     suspect = suspect or [False] * len(shas)
-    return [at(sha, index, cell, value=value, s_per_sample=time, timing_suspect=busy)
-            for index, (sha, value, time, busy) in enumerate(zip(shas, values, times, suspect, strict=True))]
+    return [
+        at(sha, index, cell, value=value, s_per_sample=time, timing_suspect=busy)
+        for index, (sha, value, time, busy) in enumerate(
+            zip(shas, values, times, suspect, strict=True)
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +103,8 @@ def twelve(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 
 def test_a_5_se_step_is_reported_at_its_commit_and_noise_is_not(
-        tmp_path: Path, twelve: tuple[Path, list[str]], capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, twelve: tuple[Path, list[str]], capsys: pytest.CaptureFixture
+) -> None:
     repo, shas = twelve
     rng = np.random.default_rng(1)
     k = 7
@@ -91,14 +114,19 @@ def test_a_5_se_step_is_reported_at_its_commit_and_noise_is_not(
     noisy = list(BASE_TIME * (1 + 0.01 * rng.standard_normal(12)))
     busy = [index >= 9 for index in range(12)]
     slow = [time * (1.5 if flag else 1.0) for time, flag in zip(noisy, busy, strict=True)]
-    rows = (_series(shas, step) + _series(shas, wobble, cell=("gmm2d", "ddim", 10, False))
-            + _series(shas, [1.0] * 12, slow, busy, cell=("digits", "ddim", 4, False)))
+    rows = (
+        _series(shas, step)
+        + _series(shas, wobble, cell=("gmm2d", "ddim", 10, False))
+        + _series(shas, [1.0] * 12, slow, busy, cell=("digits", "ddim", 4, False))
+    )
     store = write_rows(tmp_path / "store" / "run.jsonl", rows)
     assert main([str(store), "--repo", str(repo)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("12 commit point(s) (12 ordered by git ancestry), 3 metric and 3 wall-clock "
-                          "series; 1 regression(s), 0 improvement(s)")
-    line, = [line for line in out.splitlines() if line.startswith("gmm2d")]
+    assert out.startswith(
+        "12 commit point(s) (12 ordered by git ancestry), 3 metric and 3 wall-clock "
+        "series; 1 regression(s), 0 improvement(s)"
+    )
+    (line,) = [line for line in out.splitlines() if line.startswith("gmm2d")]
     assert line.split()[:7] == ["gmm2d", "ddim", "4", "False", "fd", shas[k][:8], "commit"]
     assert line.split()[7:] == [str(k), "1", "1.05", "+5.00%", "+3.5", "worse"]  # 5 / sqrt(2) SE
     history = build([store], repo, Gates())
@@ -110,10 +138,16 @@ def test_a_time_step_is_reported_per_host(tmp_path: Path, twelve: tuple[Path, li
     repo, shas = twelve
     slower = [BASE_TIME * (1.2 if index >= 4 else 1.0) for index in range(12)]
     rows = _series(shas, [1.0] * 12, slower) + [
-        {**row, "host": "other"} for row in _series(shas, [1.0] * 12)]
+        {**row, "host": "other"} for row in _series(shas, [1.0] * 12)
+    ]
     history = build([write_rows(tmp_path / "run.jsonl", rows)], repo, Gates())
-    step, = history.steps.itertuples()
-    assert (step.kind, step.host, step.git_sha, step.verdict) == ("time", "testhost", shas[4], "worse")
+    (step,) = history.steps.itertuples()
+    assert (step.kind, step.host, step.git_sha, step.verdict) == (
+        "time",
+        "testhost",
+        shas[4],
+        "worse",
+    )
     assert step.rel == pytest.approx(0.2)
     # Inside the time tolerance: not reported.
     assert build([write_rows(tmp_path / "run.jsonl", rows)], repo, Gates(time_tol=0.3)).steps.empty
@@ -121,8 +155,13 @@ def test_a_time_step_is_reported_per_host(tmp_path: Path, twelve: tuple[Path, li
 
 @pytest.mark.parametrize("start, direction, code", [(11, 1, 1), (6, 1, 0), (11, -1, 0)])
 def test_fail_on_regression_only_when_the_newest_commit_starts_one(
-        tmp_path: Path, twelve: tuple[Path, list[str]], start: int, direction: int, code: int,
-        capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path,
+    twelve: tuple[Path, list[str]],
+    start: int,
+    direction: int,
+    code: int,
+    capsys: pytest.CaptureFixture,
+) -> None:
     repo, shas = twelve
     values = [1.0 + (direction * 6 * SE if index >= start else 0.0) for index in range(12)]
     store = write_rows(tmp_path / "run.jsonl", _series(shas, values))
@@ -136,4 +175,6 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert main([str(tmp_path / "missing")]) == 2
     assert main([str(tmp_path), "--z", "-1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 2 and all(line.startswith("bench.history: ") for line in err.splitlines())
+    assert err.count("\n") == 2 and all(
+        line.startswith("bench.history: ") for line in err.splitlines()
+    )

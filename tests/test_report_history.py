@@ -1,4 +1,5 @@
 """python -m report --history: the trend page of a stored bench.history."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +26,17 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
         for dataset in ("gmm2d", "digits"):
             for nfe in (4, 6):
                 for pas in (False, True):
-                    row = make_row(dataset, "ddim", nfe, pas, git_sha=sha, created_at=created,
-                                   value_se=0.01, s_per_sample_se=1e-6,
-                                   timing_suspect=index == COMMITS - 1)
+                    row = make_row(
+                        dataset,
+                        "ddim",
+                        nfe,
+                        pas,
+                        git_sha=sha,
+                        created_at=created,
+                        value_se=0.01,
+                        s_per_sample_se=1e-6,
+                        timing_suspect=index == COMMITS - 1,
+                    )
                     if (dataset, nfe, pas) == ("digits", 4, False) and index >= STEP_AT:
                         row["value"] += 0.06
                     rows += [row, {**row, "host": "other", "s_per_sample": 2 * row["s_per_sample"]}]
@@ -38,7 +47,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 
 def test_trend_page_shows_steps_with_commit_and_subject(
-        tmp_path: Path, stored: tuple[Path, list[str]]) -> None:
+    tmp_path: Path, stored: tuple[Path, list[str]]
+) -> None:
     history, shas = stored
     assert main(["--history", str(history), "--out", str(tmp_path), "--last", "0"]) == 0
     page = (tmp_path / "history.html").read_text()

@@ -1,4 +1,5 @@
 """bench.steps: change points weighted by the stored SEs, judged by bench.verdict."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,17 +32,20 @@ def test_times_noisier_than_their_se_are_judged_by_their_scatter() -> None:
     assert scatter(noisy) == pytest.approx(5e-5, rel=0.3)
     assert detect(noisy, ses, tol=0.0, z=3.0, shared_noise=False) == []
     slower = noisy * np.where(np.arange(2 * N) >= N, 1.3, 1.0)
-    step, = detect(slower, ses, tol=0.05, z=3.0, shared_noise=False)
+    (step,) = detect(slower, ses, tol=0.05, z=3.0, shared_noise=False)
     assert (step.start, step.verdict) == (N, "worse") and step.rel == pytest.approx(0.3, abs=0.05)
 
 
 def test_without_standard_errors_the_tolerance_alone_decides() -> None:
     values = np.r_[np.ones(N), np.full(N, 1 + 1e-6)]
     ses = np.full(2 * N, np.nan)
-    step, = detect(values, ses, tol=1e-9, z=3.0, shared_noise=True)
+    (step,) = detect(values, ses, tol=1e-9, z=3.0, shared_noise=True)
     assert (step.start, step.verdict, np.isnan(step.score)) == (N, "worse", True)
     assert detect(values, ses, tol=1e-5, z=3.0, shared_noise=True) == []
-    assert detect(np.r_[np.ones(N), np.full(N, 1 + 1e-13)], ses, tol=1e-9, z=3.0, shared_noise=True) == []
+    assert (
+        detect(np.r_[np.ones(N), np.full(N, 1 + 1e-13)], ses, tol=1e-9, z=3.0, shared_noise=True)
+        == []
+    )
 
 
 def test_a_slowdown_at_the_newest_commit_is_found_there() -> None:
@@ -50,6 +54,6 @@ def test_a_slowdown_at_the_newest_commit_is_found_there() -> None:
     rng = np.random.default_rng(4)
     times = 1e-3 * (1 + 0.01 * rng.standard_normal(N))
     times[-1] *= 1.1
-    step, = detect(times, np.full(N, 1e-5), tol=0.05, z=3.0, shared_noise=False)
+    (step,) = detect(times, np.full(N, 1e-5), tol=0.05, z=3.0, shared_noise=False)
     assert (step.start, step.verdict) == (N - 1, "worse") and step.score > 3
     assert step.rel == pytest.approx(0.1, abs=0.03)
