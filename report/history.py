@@ -34,6 +34,7 @@ STEP_COLOURS = {"worse": "#c0392b", "better": "#27ae60"}
 PANEL_COLUMNS = 4
 # At most this many commit labels per axis; the others are left unlabelled.
 MAX_TICKS = 12
+SUBJECT_CHARS = 72
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ def trend_figure(trend: Trend, dataset: str, kind: str, out: Path) -> FigureFile
     return FigureFile(stem, title, caption)
 
 
+def _shorten(subject: str) -> str:
+    """Long subject lines (this project writes whole paragraphs) cut to SUBJECT_CHARS."""
+    return subject if len(subject) <= SUBJECT_CHARS else subject[: SUBJECT_CHARS - 1] + "\u2026"
+
+
 def steps_frame(steps: pd.DataFrame) -> pd.DataFrame:
     """The detected steps as display strings, newest first."""
     if steps.empty:
@@ -187,7 +193,7 @@ def steps_frame(steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "commit": shown["short"],
-            "subject": shown["subject"],
+            "subject": shown["subject"].map(_shorten),
             "dataset": shown["dataset"],
             "solver": shown["solver"],
             "NFE": shown["nfe"],
