@@ -264,6 +264,7 @@ def summary(history: History) -> str:
         f"{len(history.commits)} commit point(s) ({known} ordered by git ancestry), "
         f"{kinds.get('metric', 0)} metric and {kinds.get('time', 0)} wall-clock series; "
         f"{verdicts.get('worse', 0)} regression(s), {verdicts.get('better', 0)} improvement(s)"
+        f"; {int(history.points['suspect'].sum())} timing_suspect point(s) drawn but not used"
     )
 
 

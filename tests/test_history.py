@@ -124,7 +124,7 @@ def test_a_5_se_step_is_reported_at_its_commit_and_noise_is_not(
     out = capsys.readouterr().out
     assert out.startswith(
         "12 commit point(s) (12 ordered by git ancestry), 3 metric and 3 wall-clock "
-        "series; 1 regression(s), 0 improvement(s)"
+        "series; 1 regression(s), 0 improvement(s); 3 timing_suspect point(s) drawn but not used"
     )
     (line,) = [line for line in out.splitlines() if line.startswith("gmm2d")]
     assert line.split()[:7] == ["gmm2d", "ddim", "4", "False", "fd", shas[k][:8], "commit"]
