@@ -30,21 +30,9 @@ def values_with_step(k: int, size: float = 5 * SE) -> list[str]:
     return [str(1.0 + wobble[index] * SE + (size if index >= k else 0.0)) for index in range(9)]
 
 
-def bisect(repo: Path, store: Path, good: str, bad: str) -> int:
-    return main(
-        [
-            good,
-            bad,
-            "--cell",
-            HASH,
-            "--store",
-            str(store),
-            "--repo",
-            str(repo),
-            "--command",
-            COMMAND,
-        ]
-    )
+def bisect(repo: Path, store: Path, good: str, bad: str, cell: str = HASH) -> int:
+    options = ["--cell", cell, "--store", str(store), "--repo", str(repo), "--command", COMMAND]
+    return main([good, bad, *options])
 
 
 @pytest.mark.parametrize("k", [1, 5, 8])
@@ -83,21 +71,5 @@ def test_unmeasurable_commits_are_skipped_and_a_good_bad_is_reported(
     assert len(run_log(log)) == 1 + 1 + 4  # GOOD by backfill, BAD, halving with one skip
     assert bisect(repo, store, shas[0], shas[5]) == 1  # not worse than GOOD
     assert "no first bad commit" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                shas[0],
-                shas[-1],
-                "--cell",
-                "nosuchcell",
-                "--store",
-                str(store),
-                "--repo",
-                str(repo),
-                "--command",
-                COMMAND,
-            ]
-        )
-        == 2
-    )
+    assert bisect(repo, store, shas[0], shas[-1], cell="nosuchcell") == 2
     assert capsys.readouterr().err.startswith("bench.bisect: no row of cell nosuchcell")
