@@ -129,6 +129,11 @@ def first_bad(search: Bisection, good: str, bad: str) -> tuple[str | None, list[
             high = middle
         else:
             low = middle
+        verdict = "skipped" if row is None else "bad" if high == middle else "good"
+        print(
+            f"{candidates[middle][:8]}: {verdict} ({high - low - 1} candidate(s) left)",
+            file=sys.stderr,
+        )
     found = candidates[high] if high - low == 1 else None
     return found, [candidates[index] for index in sorted(skipped)]
 

@@ -63,7 +63,8 @@ def test_unmeasurable_commits_are_skipped_and_a_good_bad_is_reported(
     store = tmp_path / "store"
     backfill(repo, shas[0], "smoke", store, COMMAND)
     assert bisect(repo, store, shas[0], shas[-1]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"{shas[4][:8]}: skipped" in err and f"{shas[6][:8]}: bad" in err  # progress
     assert (
         f"first bad commit: {shas[6]}" in out
         and f"skipped (could not measure the cell): {shas[4][:8]}" in out
