@@ -18,9 +18,11 @@ Noise: rows with seed blocks carry the metric's jackknife standard error ``value
 error of two independent measurements; a rise smaller than ``--z`` (default 3, a one-sided false
 alarm rate of about 0.1% per cell for independent reruns) of those is read as sampling noise. Where
 either row lacks ``value_se`` (older rows, ``blocks = 1``) only the tolerance applies and the
-table says "no SE". Every changed cell is listed with both numbers: the relative change against
-the tolerance and the change in combined SEs against z; a cell past one gate but not the other
-is marked "near miss". Timings get the same two gates with ``--time-tol`` and the same z, their
+table says "no SE". Each matched cell gets the verdict of bench.verdict, the rule bench.history
+shares: "same" inside both the tolerance and z (neither listed nor counted as changed), "worse" or
+"better" past both, "near miss" past one but not the other. Every changed cell is listed with
+both numbers: the relative change against the tolerance and the change in combined SEs against
+z. Timings get the same two gates with ``--time-tol`` and the same z, their
 standard error ``s_per_sample_se`` coming from the spread of a cell's batch times (bench/timing.py;
 rows without it: the tolerance alone). A cell whose baseline or candidate row is
 ``timing_suspect`` (timed on a busy machine) is left out of the time check, and the report lists it
@@ -38,18 +40,26 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from bench.errors import UserError
+from bench.errors import UsageParser, UserError
 from bench.results import load_rows
+from bench.verdict import (
+    BETTER,
+    DEFAULT_METRIC_TOL,
+    DEFAULT_Z,
+    NEAR_MISS,
+    SAME,
+    WORSE,
+    change_in_se,
+    gate_arg,
+    judge,
+    relative_change,
+)
 
-DEFAULT_METRIC_TOL = 1e-9
-# A metric rise must also exceed this many combined standard errors to count as a regression.
-DEFAULT_Z = 3.0
 CELL_LABEL = ["dataset", "solver", "nfe", "pas"]
 
 
@@ -72,8 +82,8 @@ class Comparison:
 
     @property
     def changed(self) -> pd.DataFrame:
-        flags = self.matched[["changed", "worse", "slower", "near_miss"]]
-        return self.matched[flags.any(axis=1)]
+        """Matched cells whose metric or checked time is not "same" (bench.verdict)."""
+        return self.matched[(self.matched["verdict"] != SAME) | (self.matched["time_verdict"] != SAME)]
 
     @property
     def near_misses(self) -> int:
@@ -98,23 +108,13 @@ def load_side(path: Path) -> pd.DataFrame:
     return newest.drop_duplicates("config_hash", keep="last").set_index("config_hash")
 
 
-def relative_change(base: pd.Series, cand: pd.Series) -> pd.Series:
-    """(cand - base) / |base|; 0 for equal values, +-inf for a change away from 0."""
-    diff = cand - base
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (diff / base.abs()).where(diff != 0, 0.0)
-
-
 def noise_score(base: pd.DataFrame, cand: pd.DataFrame, field: str = "value",
                 se_field: str = "value_se") -> pd.Series:
-    """A field's change in combined standard errors, (cand - base) / sqrt(se_b^2 + se_c^2);
-    NaN where a row has no standard error, +-inf for a change with zero error."""
+    """A field's change in combined standard errors (bench.verdict.change_in_se); NaN where a row
+    has no standard error."""
     missing = pd.Series(np.nan, index=base.index)
     errors = [side.get(se_field, missing).astype(float) for side in (base, cand)]
-    combined = np.sqrt(errors[0] ** 2 + errors[1] ** 2)
-    diff = cand[field] - base[field]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (diff / combined).where(diff != 0, 0.0).where(combined.notna())
+    return pd.Series(change_in_se(base[field], cand[field], *errors), index=base.index)
 
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
@@ -123,20 +123,16 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
     ``time_tol``, each only when also past ``z`` combined standard errors (where rows have them)."""
     common = baseline.index.intersection(candidate.index)
     base, cand = baseline.loc[common], candidate.loc[common]
-    metric_rel = relative_change(base["value"], cand["value"])
+    metric_rel = pd.Series(relative_change(base["value"], cand["value"]), index=common)
     score = noise_score(base, cand)
-    past_tol = metric_rel > metric_tol
-    past_noise = (score > z) | score.isna()
-    time_rel = relative_change(base["s_per_sample"], cand["s_per_sample"])
-    time_score = noise_score(base, cand, "s_per_sample", "s_per_sample_se")
     lost = cand["value"].isna() & base["value"].notna()
+    verdict = pd.Series(judge(metric_rel, score, metric_tol, z), index=common).mask(lost, WORSE)
+    time_rel = pd.Series(relative_change(base["s_per_sample"], cand["s_per_sample"]), index=common)
+    time_score = noise_score(base, cand, "s_per_sample", "s_per_sample_se")
     checked = time_tol is not None
     suspect = _suspect(base) | _suspect(cand)
-    timed = ~suspect & checked
-    time_past_tol = timed & (time_rel > time_tol if checked else False)
-    time_past_z = timed & (time_score > z)
-    metric_near = ~(past_tol & past_noise) & ~lost & (past_tol | (score > z))
-    time_near = (time_past_tol ^ time_past_z) & time_score.notna()
+    time_verdict = pd.Series(judge(time_rel, time_score, time_tol if checked else np.inf, z),
+                             index=common).where(~suspect & checked, SAME)
     matched = base[CELL_LABEL].assign(
         metric=base["metric"],
         value_base=base["value"],
@@ -146,11 +142,12 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric_tol: float,
         time_cand=cand["s_per_sample"],
         time_rel=time_rel,
         time_score=time_score,
-        changed=~((base["value"] == cand["value"]) | (base["value"].isna() & cand["value"].isna())),
         score=score,
-        worse=(past_tol & past_noise) | lost,
-        near_miss=metric_near | time_near,
-        slower=time_past_tol & (time_past_z | time_score.isna()),
+        verdict=verdict,
+        time_verdict=time_verdict,
+        worse=verdict == WORSE,
+        near_miss=(verdict == NEAR_MISS) | (time_verdict == NEAR_MISS),
+        slower=time_verdict == WORSE,
         time_skipped=suspect & checked,
     )
     return Comparison(
@@ -170,8 +167,8 @@ def _status(row: pd.Series) -> str:
     if flags:
         return ", ".join(flags).upper()
     if row["near_miss"]:
-        return "near miss"
-    return "better" if row["metric_rel"] < 0 else "changed"
+        return NEAR_MISS
+    return BETTER if row["verdict"] == BETTER else "faster"
 
 
 def _in_se(score: float) -> str:
@@ -248,34 +245,17 @@ def report(comparison: Comparison, baseline: Path, candidate: Path, verbose: boo
     return "\n\n".join(parts)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors become a UserError: one line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(message)
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"tolerance must be a number >= 0, got {text!r}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path, help="baseline run file or store folder")
     parser.add_argument("candidate", type=Path, help="candidate run file or store folder")
-    parser.add_argument("--metric-tol", type=_tolerance, default=DEFAULT_METRIC_TOL, metavar="REL",
+    parser.add_argument("--metric-tol", type=gate_arg, default=DEFAULT_METRIC_TOL, metavar="REL",
                         help=f"allowed relative metric increase (default {DEFAULT_METRIC_TOL:g})")
-    parser.add_argument("--z", type=_tolerance, default=DEFAULT_Z, metavar="Z",
+    parser.add_argument("--z", type=gate_arg, default=DEFAULT_Z, metavar="Z",
                         help="a metric or time rise must also exceed Z combined standard errors "
                              f"sqrt(se_base^2 + se_cand^2) (default {DEFAULT_Z:g}; 0 = tolerance "
                              "only; rows without value_se / s_per_sample_se: tolerance only)")
-    parser.add_argument("--time-tol", type=_tolerance, metavar="REL",
+    parser.add_argument("--time-tol", type=gate_arg, metavar="REL",
                         help="allowed relative s_per_sample increase (default: times not checked)")
     parser.add_argument("--verbose", action="store_true",
                         help="also list every cell found on one side only, with its config hash")

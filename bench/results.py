@@ -83,7 +83,7 @@ def provenance() -> dict:
     }
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
+def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, nothing else."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -131,7 +131,7 @@ class RunFile:
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        _replace_atomically(target, buffer.getvalue())
+        replace_atomically(target, buffer.getvalue())
         return name
 
     def append(self, row: dict) -> None:
@@ -141,7 +141,7 @@ class RunFile:
             raise ValueError(f"row lacks keys {missing}")
         line = json.dumps({key: row[key] for key in ROW_KEYS}, allow_nan=True) + "\n"
         old = self.path.read_bytes() if self.path.exists() else b""
-        _replace_atomically(self.path, old + line.encode())
+        replace_atomically(self.path, old + line.encode())
 
 
 def _row_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -2,7 +2,9 @@
 
 Reads run files or folders (default ``results/runs/``), keeps the newest row per cell and writes
 tables (``tables/*.md``, ``*.tex``), figures (``figures/*.png``, ``*.svg``) and ``index.html`` to
-``--out`` (default ``report/build/``). Bad input: one line on stderr, exit status 2.
+``--out`` (default ``report/build/``). ``--history FILE.json`` writes the trend page of a history
+stored by ``python -m bench.history --out`` instead (``history.html``, report.history). Bad input:
+one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from report.history import DEFAULT_LAST, build_history
 from report.load import DEFAULT_STORE, SUSPECT_MARK, ReportInputError, latest_per_cell, load_rows
 from report.page import Section, TableFile, render
 from report.plots import dataset_figures, slug
@@ -48,6 +51,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", help="only rows scored with this metric: fd or fid")
     parser.add_argument("--datasets", nargs="+", help="only these datasets")
     parser.add_argument("--published", type=Path, help="published numbers CSV (default: the shared one, if present)")
+    parser.add_argument("--history", type=Path, metavar="FILE.json",
+                        help="write the trend page (history.html) of a history stored by "
+                             "`python -m bench.history --out FILE.json` instead of the report")
+    parser.add_argument("--last", type=int, default=DEFAULT_LAST, metavar="N",
+                        help=f"trend page: the newest N commit points (default {DEFAULT_LAST}; 0 = all)")
     return parser.parse_args(argv)
 
 
@@ -133,7 +141,8 @@ def build(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        index = build(parse_args(argv))
+        args = parse_args(argv)
+        index = build_history(args.history, args.out, args.last) if args.history else build(args)
     except ReportInputError as err:
         print(f"report: {err}", file=sys.stderr)
         return 2

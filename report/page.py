@@ -72,7 +72,7 @@ def _table_html(item: TableFile) -> str:
     return f"<h3>{escape(item.title)}</h3>\n{note}\n{to_html(item.table, table_id)}\n<p class=\"links\">{links}</p>"
 
 
-def _figure_html(item: FigureFile) -> str:
+def figure_html(item: FigureFile) -> str:
     stem = escape(item.stem)
     return (
         f"<h3>{escape(item.title)}</h3>\n<figure><a href=\"{stem}.svg\"><img src=\"{stem}.png\" "
@@ -82,7 +82,7 @@ def _figure_html(item: FigureFile) -> str:
 
 
 def _section_html(section: Section) -> str:
-    body = [_table_html(t) for t in section.tables] + [_figure_html(f) for f in section.figures]
+    body = [_table_html(t) for t in section.tables] + [figure_html(f) for f in section.figures]
     heading = f"{escape(section.dataset)} ({escape(section.metric.upper())}, {section.num_rows} cells)"
     return f'<section id="{escape(section.dataset)}">\n<h2>{heading}</h2>\n' + "\n".join(body) + "\n</section>"
 

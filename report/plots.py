@@ -38,12 +38,12 @@ class FigureFile:
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def figure_style() -> Iterator[None]:
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.1):
         yield
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> None:
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> None:
     path = out_dir / stem
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in FORMATS:
@@ -82,7 +82,7 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
     """Metric against NFE: colour = solver, solid = base, dashed = PAS."""
     metric = cells["metric"].iloc[0]
     data = _plot_frame(cells)
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(6.4, 4.0))
         ax = fig.subplots()
         sns.lineplot(
@@ -96,7 +96,7 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
         ax.set(xlabel="NFE (denoiser calls)", ylabel=metric_label(metric), title=f"{dataset}: {metric.upper()} vs NFE")
         _legend_outside(ax)
     stem = f"figures/{slug(dataset)}_metric_vs_nfe"
-    _save(fig, out_dir, stem)
+    save_figure(fig, out_dir, stem)
     note = " Error bars: ± one standard error (jackknife over seed blocks)." if bars else ""
     return FigureFile(stem, f"{metric.upper()} vs NFE", "Solid lines: base solvers; dashed: with PAS." + note)
 
@@ -119,7 +119,7 @@ def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureF
     if data.empty:
         return None
     metric = data["metric"].iloc[0]
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(6.4, 4.0))
         ax = fig.subplots()
         sns.scatterplot(
@@ -141,7 +141,7 @@ def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureF
                title=f"{dataset}: quality vs sampling time")
         _legend_outside(ax)
     stem = f"figures/{slug(dataset)}_quality_vs_time"
-    _save(fig, out_dir, stem)
+    save_figure(fig, out_dir, stem)
     return FigureFile(stem, "Quality vs wall-clock", "One point per cell; larger markers use more NFE; "
                       f"{SUSPECT_MARK} timed on a busy machine (timing_suspect).")
 
@@ -155,7 +155,7 @@ def pas_steps(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile | 
     nfes = sorted(fitted["nfe"].unique())
     last_step = max(max(steps, default=0) for steps in fitted["pas_steps"])
     palette = _palette(cells)
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(2.2 + 2.4 * len(methods), 1.4 + 0.35 * len(nfes)), layout="constrained")
         axes = fig.subplots(1, len(methods), sharey=True, squeeze=False)[0]
         for ax, method in zip(axes, methods, strict=True):
@@ -174,7 +174,7 @@ def pas_steps(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile | 
         axes[0].set_ylabel("NFE")
         fig.suptitle(f"{dataset}: steps corrected by PAS")
     stem = f"figures/{slug(dataset)}_pas_steps"
-    _save(fig, out_dir, stem)
+    save_figure(fig, out_dir, stem)
     return FigureFile(stem, "Steps corrected by PAS",
                       "Step 0 leaves the noise; \"p\" = stored PAS parameters of that cell.")
 
@@ -221,7 +221,7 @@ def trajectories(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile
     low, high = teacher_ends.min(axis=0), teacher_ends.max(axis=0)
     pad = 0.25 * (high - low).max()
     metric = cells["metric"].iloc[0].upper()
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(3.0 * len(nfes), 3.0 * len(families)), layout="constrained")
         axes = fig.subplots(len(families), len(nfes), squeeze=False)
         for ax in axes.flat:
@@ -241,7 +241,7 @@ def trajectories(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile
                          f"{_short(fitted['value'])} with PAS", fontsize=9)
         fig.legend(handles=_path_legend(), loc="outside lower center", ncols=3, frameon=False)
     stem = f"figures/{slug(dataset)}_trajectories"
-    _save(fig, out_dir, stem)
+    save_figure(fig, out_dir, stem)
     return FigureFile(
         stem, "Sampling trajectories (2-D)",
         f"First {TRAJECTORIES_SHOWN} preview latents; background: KDE of the teacher's final states. "
@@ -301,7 +301,7 @@ def sample_grid(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFile 
             ax.set_title(f"{cell['method']}, NFE {cell['nfe']} ({metric} {_short(cell['value'])})", fontsize=9)
             ax.axis("off")
     stem = f"figures/{slug(dataset)}_samples"
-    _save(fig, out_dir, stem)
+    save_figure(fig, out_dir, stem)
     return FigureFile(stem, "Samples at the lowest NFE",
                       "First 64 preview seeds; left: base solver, right: with PAS (same latents).")
 

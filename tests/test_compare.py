@@ -209,3 +209,34 @@ def test_time_change_is_judged_against_the_batch_spread(
     assert ("near miss" in line) != flagged
     assert main([str(base), str(cand), "--time-tol", "0.05", "--z", "0"]) == 1
     assert main([str(base), str(cand), "--time-tol", "0.2"]) == 0
+
+
+@pytest.mark.parametrize("se", [None, 0.01])
+def test_a_change_inside_tolerance_and_z_is_same_and_not_counted(
+        tmp_path: Path, se: float | None, capsys: pytest.CaptureFixture) -> None:
+    """What a rerun on another CPU gives: a 1e-12 relative change (0.00 SE) is "same" in the
+    table and the counts; a 1e-6 change is past the tolerance but inside z: a near miss."""
+    def with_se(row: dict) -> dict:
+        return row if se is None else {**row, "value_se": se}
+    base = write_rows(tmp_path / "b" / "run.jsonl", [with_se(row) for row in rows()])
+    value = make_row("gmm2d", "ddim", 4, False)["value"]
+    moved = rows(**{"ddim-4-base": {"value": value * (1 + 1e-12)},
+                    "ddim-6-base": {"value": make_row("gmm2d", "ddim", 6, False)["value"] * (1 - 1e-12)}})
+    cand = write_rows(tmp_path / "c" / "run.jsonl", [with_se(row) for row in moved])
+    assert main([str(base), str(cand)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("12 cells matched, 0 changed, 0 regression(s)")
+    assert " fd " not in out  # no changed-cell table
+    counts = out.split("cells per dataset and solver")[1].splitlines()[3:5]
+    assert [line.split()[2:4] for line in counts] == [["6", "0"], ["6", "0"]]
+
+    near = write_rows(tmp_path / "n" / "run.jsonl", [with_se(row) for row in rows(
+        **{"ddim-4-base": {"value": value * (1 + 1e-6)}})])
+    assert main([str(base), str(near), "--metric-tol", "1e-3" if se is None else "1e-9"]) == 0
+    out = capsys.readouterr().out
+    if se is None:  # inside the loose tolerance, no SE: same
+        assert out.startswith("12 cells matched, 0 changed")
+    else:
+        assert out.startswith("12 cells matched, 1 changed, 0 regression(s)")
+        line, = [line for line in out.splitlines() if " fd " in line]
+        assert line.split()[:4] == ["gmm2d", "ddim", "4", "False"] and "near miss" in line
