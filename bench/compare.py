@@ -50,7 +50,7 @@ from bench.results import load_rows
 DEFAULT_METRIC_TOL = 1e-9
 # A metric rise must also exceed this many combined standard errors to count as a regression.
 DEFAULT_Z = 3.0
-CELL_LABEL = ["dataset", "solver", "nfe", "pas"]
+CELL_LABEL = ["dataset", "solver", "nfe", "method"]
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ import solvers
 from gits.artifact import GITSArtifact
 from gits.search import afs_path, cost_matrix, dp
 
-# The official launch script's settings (gits-main/launch.sh, sample.py): 61 fine points on the
-# polynomial rho = 7 schedule, the `dev` metric, coeff 1.15, 256 warm-up trajectories.
-DEFAULTS: dict[str, Any] = {
-    "points": 61, "schedule": "polynomial", "rho": 7.0, "metric": "dev", "coeff": 1.15,
-    "warmup": 256,
-}
+# The official settings (gits-main/launch.sh, sample.py): 61 fine points (of the solver's
+# schedule: polynomial rho = 7 in the launch script), the `dev` metric, coeff 1.15, 256 warm-up
+# trajectories.
+DEFAULTS: dict[str, Any] = {"points": 61, "metric": "dev", "coeff": 1.15, "warmup": 256}
 
 
 def fine_grid(denoiser, points: int = 61, schedule: str = "polynomial", rho: float = 7.0) -> Tensor:
