@@ -6,7 +6,7 @@ teacher trajectory and returns a ``GITSArtifact`` whose ``schedule`` any solver 
 
 from gits.artifact import GITSArtifact
 from gits.fit import DEFAULTS, fine_grid, fit, teacher_directions
-from gits.search import METRICS, afs_path, cost_matrix, deviation, dp, path_cost
+from gits.search import METRICS, afs_path, cost_matrix, dp, path_cost
 
 __all__ = [
     "DEFAULTS",
@@ -14,7 +14,6 @@ __all__ = [
     "GITSArtifact",
     "afs_path",
     "cost_matrix",
-    "deviation",
     "dp",
     "fine_grid",
     "fit",
