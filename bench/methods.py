@@ -181,20 +181,25 @@ def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
 
 
 def gits_artifact(runner: Any, cell: Cell, sync: bool = True) -> gits.GITSArtifact:
-    """The cell's GITS schedule: from the cache, else searched by rank 0 (``sync``: all ranks then
-    wait for it; False only where rank 0 alone calls)."""
+    """The cell's GITS schedule: from the cache, else searched by rank 0. With ``sync`` every rank
+    calls this once per schedule and waits for rank 0 (the result is kept); without it (rank 0
+    alone, before a shared teacher solve) the file is read and nothing is kept, so that every
+    rank still meets the barrier of its own synced call later."""
     key = ("gits", cell.method_key)
-    if key not in runner._artifacts:
-        path = _gits_path(runner, cell)
-        if runner.world.is_main and not path.exists():
-            search_gits(runner, cell).save(path)
-        if sync:
-            runner.barrier()
-        try:
-            runner._artifacts[key] = gits.GITSArtifact.load(path)
-        except ValueError as exc:
-            raise UserError(f"{exc}; delete {path} to search it again") from None
-    return runner._artifacts[key]
+    if key in runner._artifacts:
+        return runner._artifacts[key]
+    path = _gits_path(runner, cell)
+    if runner.world.is_main and not path.exists():
+        search_gits(runner, cell).save(path)
+    if sync:
+        runner.barrier()
+    try:
+        found = gits.GITSArtifact.load(path)
+    except ValueError as exc:
+        raise UserError(f"{exc}; delete {path} to search it again") from None
+    if sync:
+        runner._artifacts[key] = found
+    return found
 
 
 def _fit_gits(runner: Any, cell: Cell, sampling: Sampling) -> Sampling:

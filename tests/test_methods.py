@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from run_helpers import assert_same_numbers, by_hash, read_rows, run_cli
 
 import gits
 from bench.compare import main as compare_main
@@ -180,3 +181,26 @@ def test_published_accelerator_figures_beside_measured():
     assert list(table.text.index) == ["iPNDM", "iPNDM + GITS"]
     assert list(table.text["Published"]) == ["13.59", "8.38"]
     assert list(table.text["Difference"]) == ["-0.59", "-0.38"]
+
+
+@pytest.mark.invariance
+def test_two_gloo_ranks_search_once_and_match_one_process(tmp_path):
+    """GITS and GITS + PAS under torchrun: rank 0 searches (also inside the shared teacher's set-up,
+    where rank 1 is not waiting) and fits, both ranks meet at every barrier, the numbers are the
+    one process's."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace("blocks = 4", "blocks = 4\ndtype = \"float64\"")
+                    .replace('solvers = ["ddim", "ipndm"]\nnfe = [4, 5]', 'solvers = ["ipndm"]\nnfe = [5]'))
+    common = ["--grid", str(grid), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    done = run_cli(*common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2"),
+                   module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bench.run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = by_hash(read_rows(tmp_path / "one")), by_hash(read_rows(tmp_path / "two"))
+    assert sorted(row["method"] for row in two.values()) == ["base", "gits", "gits_pas", "pas"]
+    for key, row in one.items():
+        fit = row.pop("method_fit")
+        got = two[key].pop("method_fit")
+        assert (fit and fit["gits"]["times"]) == (got and got["gits"]["times"])
+    assert_same_numbers(two, one)
