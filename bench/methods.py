@@ -172,7 +172,9 @@ def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
             dataset=cell.dataset, teacher={
                 "solver": GITS_TEACHER, "nfe": teacher.nfe, "grid_points": len(teacher.grid),
                 "seeds": [seeds.start, seeds.stop], "cached": teacher.cached,
-                "solve": teacher.folder.name, "generation_seconds": teacher.generation_seconds,
+                # The stored solve: <cache>/teacher/<identity hash>/<solve hash> (pas.teacher).
+                "identity": teacher.folder.parent.name, "solve": teacher.folder.name,
+                "generation_seconds": teacher.generation_seconds,
                 "seconds": teacher.seconds},
             **cell.options)
     except ValueError as exc:

@@ -145,3 +145,24 @@ def test_artifact_round_trip(tmp_path):
     (tmp_path / "b.json").write_text("{}")
     with pytest.raises(ValueError, match="not a GITS artifact"):
         gits.GITSArtifact.load(tmp_path / "b.json")
+
+
+@pytest.mark.parametrize("solver", solvers.solver_names())
+def test_every_solver_samples_its_searched_schedule_at_its_exact_nfe(solver):
+    denoiser = get_dataset("gmm2d").build(dtype=F64)
+    fine = gits.fine_grid(denoiser, 21)
+    warm, _ = solvers.latents_for_seeds(range(10_000_000, 10_000_032), denoiser.shape, dtype=F64)
+    _, trajectory = solvers.sample(denoiser, warm, "heun", 40, fine, return_trajectory=True)
+    spec = solvers.get_solver(solver)
+    nfe = 2 * spec.stages * 3  # 6 steps for one-stage solvers, 3 for Heun and DPM-Solver-2
+    found = gits.fit(denoiser, solver, nfe, trajectory, fine, latents=warm)
+    assert len(found.times) == nfe // spec.stages + 1
+    assert set(found.times) <= set(fine.tolist())
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return denoiser(x, sigma)
+
+    solvers.sample(counted, warm, solver, nfe, found.schedule)
+    assert len(calls) == nfe
