@@ -153,7 +153,7 @@ def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
     """Search the cell's GITS schedule: a stored teacher solve that holds the fine grid (a shared
     PAS solve or an earlier search's), else one Heun solve on it; then gits.fit."""
     settings = cell.method_settings["gits"]
-    denoiser = runner._fit_denoiser(cell)
+    denoiser = runner.fit_denoiser(cell)
     dtype = runner.dtype(cell)
     fine, request = gits_request(denoiser, cell)
     seeds = gits_teacher_seeds(settings)
@@ -188,11 +188,13 @@ def gits_artifact(runner: Any, cell: Cell, sync: bool = True) -> gits.GITSArtifa
     alone, before a shared teacher solve) the file is read and nothing is kept, so that every
     rank still meets the barrier of its own synced call later."""
     key = ("gits", cell.method_key)
-    if key in runner._artifacts:
-        return runner._artifacts[key]
+    if key in runner.fitted:
+        return runner.fitted[key]
     path = _gits_path(runner, cell)
     if runner.world.is_main and not path.exists():
-        search_gits(runner, cell).save(path)
+        found = search_gits(runner, cell)
+        found.save(path)
+        runner.log.gits_finished(f"{cell.dataset} {cell.solver} nfe={cell.nfe}", found)
     if sync:
         runner.barrier()
     try:
@@ -200,7 +202,7 @@ def gits_artifact(runner: Any, cell: Cell, sync: bool = True) -> gits.GITSArtifa
     except ValueError as exc:
         raise UserError(f"{exc}; delete {path} to search it again") from None
     if sync:
-        runner._artifacts[key] = found
+        runner.fitted[key] = found
     return found
 
 

@@ -162,6 +162,8 @@ class Runner:
         self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
         self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._artifacts: dict[str, Any] = {}
+        # What the method axis's other fitters made (bench.methods): GITS schedules.
+        self.fitted: dict[tuple, Any] = {}
         self._cells: list[Cell] = []
         self._teacher_groups: set[tuple] = set()
         self._inception: Any = None
@@ -251,7 +253,7 @@ class Runner:
                 raise UserError(f"{exc}; delete {path} to fit it again") from None
         return self._artifacts[cell.pas_key]
 
-    def _fit_denoiser(self, cell: Cell) -> Any:
+    def fit_denoiser(self, cell: Cell) -> Any:
         """The denoiser PAS fits on: text-to-image models use their teacher captions, disjoint
         from the evaluation ones."""
         denoiser = self.denoiser(cell)
@@ -267,7 +269,7 @@ class Runner:
         self._teacher_groups.add(group)
         waiting = [c for c in self._cells if c.pas and teacher_group(c) == group
                    and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
-        denoiser = self._fit_denoiser(cell)
+        denoiser = self.fit_denoiser(cell)
         settings = cell.pas_settings
         requests = teacher_requests(denoiser, waiting, methods.searched_schedules(self, waiting))
         self.log.teacher_started(cell.dataset, len(requests))
@@ -285,7 +287,7 @@ class Runner:
     def _fit(self, cell: Cell, schedule: str | torch.Tensor) -> Any:
         self._share_teacher(cell)
         try:
-            return pas.fit(self._fit_denoiser(cell), cell.solver, cell.nfe, schedule=schedule,
+            return pas.fit(self.fit_denoiser(cell), cell.solver, cell.nfe, schedule=schedule,
                            cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
                            dataset=cell.dataset, batch_size=cell.batch_size,
                            progress=self.progress, **cell.pas_settings, **cell.options)
