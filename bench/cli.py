@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nfe", nargs="+", type=_nfe_list, action="extend", metavar="N",
         help="denoiser evaluations per sample to run instead of the grid's")
     add("--pas", choices=PAS_MODES,
-        help="off: base solvers only; on: PAS-corrected only; both: each cell with and without")
+        help="off: base solvers only; on: PAS-corrected only; both: each cell with and without "
+             "(PAS's peers follow --methods)")
     add("--methods", nargs="+", type=_names, action="extend", metavar="NAME",
         help="PAS's peers to run besides base/PAS: gits, gits_pas (default: the grid's "
              "[methods.*] tables; none: no peers)")

@@ -215,7 +215,7 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
 
 
 def _method_tables(check: _Checker, tables: Any) -> dict[str, dict[str, Any]]:
-    """[methods.<name>] tables, their selection lists checked (settings are checked in bench.plan)."""
+    """[methods.<name>] tables with their selection lists checked (bench.plan checks settings)."""
     check.table(tables, "[methods]")
     for name, table in tables.items():
         check.table(table, f"[methods.{name}]")

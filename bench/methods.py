@@ -178,7 +178,8 @@ def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
                 "seconds": teacher.seconds},
             **cell.options)
     except ValueError as exc:
-        raise UserError(f"GITS search for {cell.dataset} {cell.solver} nfe={cell.nfe}: {exc}") from None
+        label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
+        raise UserError(f"GITS search for {label}: {exc}") from None
     return found
 
 

@@ -559,7 +559,8 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
 
     waiting = {cell.config_hash for cell in todo}
     table = [[cell.index, cell.dataset, cell.solver, cell.nfe, "on" if cell.pas else "off",
-              cell.method, cell.schedule, cell.num_samples, cell.batch_size, cell.num_samples * cell.nfe,
+              cell.method, cell.schedule, cell.num_samples, cell.batch_size,
+              cell.num_samples * cell.nfe,
               "run" if cell.config_hash in waiting else "done", cell.config_hash[:12]]
              for cell in cells]
     headers = ["#", "dataset", "solver", "nfe", "pas", "method", "schedule", "samples", "batch",

@@ -186,5 +186,6 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records)
     frame = frame.reindex(columns=[*columns, *[c for c in frame.columns if c not in columns]])
     # Rows written before the method axis existed: the pas flag says which method they are.
-    frame["method"] = frame["method"].astype(object).fillna(frame["pas"].map({True: "pas", False: "base"}))
+    methods = frame["pas"].map({True: "pas", False: "base"})
+    frame["method"] = frame["method"].astype(object).fillna(methods)
     return frame

@@ -329,7 +329,8 @@ class Runner:
                                   REFERENCE_SCHEDULE, class_labels=labels,
                                   return_trajectory=trajectory)
         return solvers.sample(self.denoiser(cell), latents, cell.solver, cell.nfe,
-                              sampling.schedule, correction=sampling.correction, class_labels=labels,
+                              sampling.schedule, correction=sampling.correction,
+                              class_labels=labels,
                               return_trajectory=trajectory, **cell.options)
 
     def _solve(self, cell: Cell, seeds: range, sampling: methods.Sampling | None, *,
@@ -486,7 +487,8 @@ def summary(rows: list[dict], skipped: int) -> str:
     """A plain-text table of the rows this run wrote."""
     table = [[r["dataset"], r["solver"], r["nfe"], r["method"], r["metric"],
               r["value"], r["rmse_to_teacher"], r["pas_params"], r["sample_s"]] for r in rows]
-    headers = ["dataset", "solver", "nfe", "method", "metric", "value", "rmse", "pas_params", "sample_s"]
+    headers = ["dataset", "solver", "nfe", "method", "metric", "value", "rmse", "pas_params",
+               "sample_s"]
     text = tabulate(table, headers=headers, floatfmt=".4g", missingval="-") if rows else "no cells run"
     suspect = sum(bool(r["timing_suspect"]) for r in rows)
     if suspect:

@@ -1,4 +1,5 @@
-"""``gits.fit``: the GITS search of one solver at one NFE, from a teacher trajectory on the fine grid."""
+"""``gits.fit``: the GITS search of one solver at one NFE from a teacher trajectory on the fine
+grid."""
 
 from __future__ import annotations
 

@@ -26,7 +26,9 @@ METRICS = ("dev", "l1", "l2")
 TARGET_CHUNK = 16
 
 
-def cost_matrix(trajectory: Tensor, directions: Tensor, times: Tensor, metric: str = "dev") -> Tensor:
+def cost_matrix(
+    trajectory: Tensor, directions: Tensor, times: Tensor, metric: str = "dev"
+) -> Tensor:
     """cost[i, j] (i < j; 0 elsewhere) of one Euler step from the teacher's x_i to time t_j.
 
     ``trajectory`` [n, B, ...] teacher states at ``times`` (n decreasing times); ``directions``
@@ -106,7 +108,9 @@ def dp(cost: Tensor | np.ndarray, steps: int, coeff: float = 1.15) -> list[int]:
     if cost.ndim != 2 or cost.shape[1] != count:
         raise ValueError(f"the cost matrix must be square, got shape {cost.shape}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= count - 1:
-        raise ValueError(f"steps must be an integer in 1..{count - 1} for {count} points, got {steps!r}")
+        raise ValueError(
+            f"steps must be an integer in 1..{count - 1} for {count} points, got {steps!r}"
+        )
     value = np.full((steps + 1, count), np.inf)
     choice = np.zeros((steps + 1, count), dtype=np.int64)
     value[1, :-1] = cost[:-1, -1]
@@ -129,7 +133,9 @@ def path_cost(cost: Tensor | np.ndarray, path: list[int], coeff: float = 1.15) -
     return float(sum(coeff**m * cost[a, b] for m, (a, b) in enumerate(itertools.pairwise(path))))
 
 
-def afs_path(path: list[int], final_distance: Callable[[list[int]], float]) -> tuple[list[int], dict]:
+def afs_path(
+    path: list[int], final_distance: Callable[[list[int]], float]
+) -> tuple[list[int], dict]:
     """The official AFS option: insert one free first step at the grid point k in 1..p_1-1 whose
     path gives the lowest ``final_distance`` (the solver, run with AFS on the warm-up latents, to
     the teacher's final states); returns the path and {k: distance} of every candidate."""

@@ -51,9 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", help="only rows scored with this metric: fd or fid")
     parser.add_argument("--datasets", nargs="+", help="only these datasets")
     parser.add_argument("--published", type=Path, nargs="+",
-                        help="published numbers CSVs, solver FIDs (dataset,solver,pas,nfe,fid,source) "
-                             "or accelerator FIDs (dataset,base_solver,method,nfe,fid,source) "
-                             "(default: the shared ones, where present)")
+                        help="published numbers CSVs: solver FIDs "
+                             "(dataset,solver,pas,nfe,fid,source) or accelerator FIDs "
+                             "(dataset,base_solver,method,nfe,fid,source) (default: the shared "
+                             "ones, where present)")
     return parser.parse_args(argv)
 
 
@@ -95,7 +96,8 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
                                 "better, best per NFE in bold."))
     gain = gain_table(cells)
     if gain is not None:
-        tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement over the base solver (PAS, GITS, ...)", gain,
+        tables.append(TableFile(f"tables/{name}_pas_gain",
+                                "Relative improvement over the base solver (PAS, GITS, ...)", gain,
                                 GAIN_NOTE))
     tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
                             "Sampling time only (no metric, no PAS fitting, no warm-up batch), divided by the "

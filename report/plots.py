@@ -102,7 +102,8 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
     stem = f"figures/{slug(dataset)}_metric_vs_nfe"
     _save(fig, out_dir, stem)
     note = " Error bars: ± one standard error (jackknife over seed blocks)." if bars else ""
-    return FigureFile(stem, f"{metric.upper()} vs NFE", "Solid lines: base solvers; other styles: with PAS, GITS, ..." + note)
+    return FigureFile(stem, f"{metric.upper()} vs NFE",
+                      "Solid lines: base solvers; other styles: with PAS, GITS, ..." + note)
 
 
 def _error_bars(ax: object, data: pd.DataFrame, palette: dict) -> bool:

@@ -207,9 +207,9 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
 
 
 GAIN_NOTE = (f"(base - method) / base; positive means the method (PAS, GITS, ...) is better. "
-             f"± one standard error, jackknife over the seed blocks the base and method cells share "
-             f"(paired). Bold: significant, the "
-             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not.")
+             f"± one standard error, jackknife over the seed blocks the base and method cells "
+             f"share (paired). Bold: significant, the {LEVEL:.0%} t interval (K - 1 degrees of "
+             f"freedom) excludes 0; (n.s.): it does not.")
 
 
 def time_table(cells: pd.DataFrame) -> Table:

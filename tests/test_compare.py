@@ -44,7 +44,8 @@ def test_worse_metric_past_tolerance_fails(tmp_path: Path, baseline: Path, capsy
     assert main([str(baseline), str(worse)]) == 1
     out = capsys.readouterr().out
     assert "1 regression(s)" in out
-    assert [line.split()[:4] for line in out.splitlines() if "WORSE" in line] == [["gmm2d", "ipndm", "6", "pas"]]
+    worse_lines = [line.split()[:4] for line in out.splitlines() if "WORSE" in line]
+    assert worse_lines == [["gmm2d", "ipndm", "6", "pas"]]
     assert main([str(baseline), str(worse), "--metric-tol", "2e-6"]) == 0
 
 

@@ -83,8 +83,8 @@ def test_cost_matrix_equals_direct_per_pair_computation(metric):
     _, fine, trajectory, directions = _tiny_trajectory()
     cost = gits.cost_matrix(trajectory, directions, fine, metric)
     for i, j in itertools.combinations(range(len(fine)), 2):
-        assert cost[i, j].item() == pytest.approx(_direct(trajectory, directions, fine, i, j, metric),
-                                                  rel=1e-10, abs=1e-12)
+        direct = _direct(trajectory, directions, fine, i, j, metric)
+        assert cost[i, j].item() == pytest.approx(direct, rel=1e-10, abs=1e-12)
     assert torch.count_nonzero(torch.tril(cost)) == 0
 
 

@@ -189,8 +189,9 @@ def test_two_gloo_ranks_search_once_and_match_one_process(tmp_path):
     where rank 1 is not waiting) and fits, both ranks meet at every barrier, the numbers are the
     one process's."""
     grid = tmp_path / "grid.toml"
-    grid.write_text(GRID.replace("blocks = 4", "blocks = 4\ndtype = \"float64\"")
-                    .replace('solvers = ["ddim", "ipndm"]\nnfe = [4, 5]', 'solvers = ["ipndm"]\nnfe = [5]'))
+    text = GRID.replace("blocks = 4", "blocks = 4\ndtype = \"float64\"")
+    grid.write_text(text.replace('solvers = ["ddim", "ipndm"]\nnfe = [4, 5]',
+                                 'solvers = ["ipndm"]\nnfe = [5]'))
     common = ["--grid", str(grid), "--quiet"]
     assert main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
     done = run_cli(*common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2"),
