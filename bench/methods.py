@@ -125,6 +125,16 @@ def selected(table: dict[str, Any], dataset: str, solver: str, nfe: int) -> bool
                for key, value in (("datasets", dataset), ("solvers", solver), ("nfe", nfe)))
 
 
+def check_steps(settings: dict[str, Any] | None, steps: int, where: str) -> None:
+    """A GITS path of ``steps`` steps must fit the fine grid (with AFS, its inserted free step
+    is a grid point too)."""
+    if settings and "gits" in settings:
+        points = settings["gits"]["points"]
+        if steps > points - 1:
+            raise UserError(f"{where}: GITS cannot pick {steps} steps from {points} fine-grid "
+                            "points; raise [methods.gits] points")
+
+
 def method_settings(tables: dict[str, dict[str, Any]], method: str) -> dict[str, Any] | None:
     """The settings of ``method``'s fitters besides PAS (part of its cells' identity)."""
     fitters = [f for f in METHODS[method].fits if f != "pas"]

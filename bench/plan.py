@@ -335,11 +335,12 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                 for method in axis:
                     use_pas = methods.METHODS[method].uses_pas
                     _check_pas_solver(solver, method)
+                    settings = methods.method_settings(grid.methods, method)
+                    methods.check_steps(settings, steps, f"{spec.name} {solver} nfe={nfe} {method}")
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
-                                       conditioning, blocks, method,
-                                       methods.method_settings(grid.methods, method)))
+                                       conditioning, blocks, method, settings))
     return cells
 
 

@@ -79,6 +79,7 @@ def test_methods_override_and_bad_method_tables():
         (GRID.replace("warmup = 32", "metric = 'l3'"), "metric must be one of"),
         (GRID.replace("warmup = 32", "coef = 1.1"), "setting 'coef' is unknown"),
         (GRID.replace("warmup = 32", "coeff = '1.1'"), "coeff must be a float"),
+        (GRID.replace("points = 21", "points = 5"), "cannot pick 5 steps from 5 fine-grid points"),
     ]:
         with pytest.raises(UserError, match=needle):
             build_plan(_grid(text))
