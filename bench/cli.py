@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nfe", nargs="+", type=_nfe_list, action="extend", metavar="N",
         help="denoiser evaluations per sample to run instead of the grid's")
     add("--pas", choices=PAS_MODES,
-        help="off: base solvers only; on: PAS-corrected only; both: each cell with and without")
+        help="off: base solvers only; on: PAS-corrected only; both: each cell with and without "
+             "(PAS's peers follow --methods)")
+    add("--methods", nargs="+", type=_names, action="extend", metavar="NAME",
+        help="PAS's peers to run besides base/PAS: gits, gits_pas (default: the grid's "
+             "[methods.*] tables; none: no peers)")
     add("--num-samples", type=_positive, metavar="N",
         help="samples per cell (seeds 0..N-1) for every dataset, overriding the grid")
     add("--batch-size", type=_positive, metavar="B",
@@ -155,5 +159,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.datasets = _flatten(args.datasets)
     args.solvers = _flatten(args.solvers)
     args.nfe = _flatten(args.nfe)
+    args.methods = _flatten(args.methods)
     args.shard = parse_shard(args.shard)
     return args

@@ -60,7 +60,7 @@ from bench.verdict import (
     relative_change,
 )
 
-CELL_LABEL = ["dataset", "solver", "nfe", "pas"]
+CELL_LABEL = ["dataset", "solver", "nfe", "method"]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,13 @@ Schema (every table and key below is optional unless marked required; unknown ke
     lr = 0.01
     epochs = 100
 
+    [methods.gits]                        # PAS's peers (bench.methods): a table turns one on
+    solvers = ["ddim", "ipndm"]           #   optional: only these solvers, datasets, NFEs
+    nfe = [5, 6, 8, 10]
+    coeff = 1.15                          #   GITS settings: points, metric, coeff, warmup
+    [methods.gits_pas]                    # PAS on the GITS schedule ([methods.gits] settings)
+    solvers = ["ddim", "ipndm"]
+
     [datasets.<name>]                     # per-dataset overrides
     num_samples = 2000
     batch_size = 250
@@ -88,6 +95,7 @@ class Grid:
     solver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     pas_settings: dict[str, Any] = field(default_factory=dict)
     dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def grid_names() -> list[str]:
@@ -157,7 +165,7 @@ class _Checker:
 def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
     """Check the structure of a TOML document and build a :class:`Grid`."""
     check = _Checker(source)
-    check.table(data, "the file", {"grid", "solver_options", "pas", "datasets"})
+    check.table(data, "the file", {"grid", "solver_options", "pas", "datasets", "methods"})
     if "grid" not in data:
         raise check.fail("missing the [grid] table")
     grid = check.table(data["grid"], "[grid]", _GRID_KEYS)
@@ -202,7 +210,21 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
         solver_options={name: dict(options) for name, options in solver_options.items()},
         pas_settings=dict(check.table(data.get("pas", {}), "[pas]")),
         dataset_overrides={name: dict(table) for name, table in overrides.items()},
+        methods=_method_tables(check, data.get("methods", {})),
     )
+
+
+def _method_tables(check: _Checker, tables: Any) -> dict[str, dict[str, Any]]:
+    """[methods.<name>] tables with their selection lists checked (bench.plan checks settings)."""
+    check.table(tables, "[methods]")
+    for name, table in tables.items():
+        check.table(table, f"[methods.{name}]")
+        for key in ("datasets", "solvers"):
+            if key in table:
+                check.names(table[key], f"[methods.{name}] {key}")
+        if "nfe" in table:
+            check.ints(table["nfe"], f"[methods.{name}] nfe")
+    return {name: dict(table) for name, table in tables.items()}
 
 
 def load_grid(name_or_path: str) -> Grid:

@@ -45,7 +45,7 @@ from bench.verdict import DEFAULT_METRIC_TOL, DEFAULT_Z, WORSE, gate_arg
 
 # Wall-clock changes under 5% are not reported, however many SEs they are.
 DEFAULT_TIME_TOL = 0.05
-CELL = ["dataset", "solver", "nfe", "pas", "metric"]
+CELL = ["dataset", "solver", "nfe", "method", "metric"]
 POINT_KEY = ["git_sha", "dirty"]
 
 
@@ -240,7 +240,7 @@ def steps_table(history: History) -> str:
     steps = history.steps
     shown = pd.DataFrame(
         {
-            **{key: steps[key] for key in ["dataset", "solver", "nfe", "pas"]},
+            **{key: steps[key] for key in ["dataset", "solver", "nfe", "method"]},
             "series": steps.apply(_what, axis=1),
             "commit": steps["short"],
             "subject": steps["subject"].str.slice(0, 50),

@@ -1,6 +1,7 @@
 """From a grid (plus command-line overrides) to the list of cells to run, fully validated.
 
-A cell is one (dataset, solver, NFE, PAS on/off) combination with every setting resolved:
+A cell is one (dataset, solver, NFE, method) combination (method: base, PAS, or a peer of
+bench.methods) with every setting resolved:
 schedule, solver options, PAS settings, sample count, dtype. Its ``config_hash`` is the sha256 of
 the canonical JSON of exactly what determines its numbers, so the same measurement has the same
 hash on any machine, batch size, device or world size, and a store can tell which cells are done.
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 import torch
 
 import pas
-from bench import estimate
+from bench import estimate, methods
 from bench.errors import UserError
 from bench.grids import Grid
 from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
@@ -60,6 +61,7 @@ class Overrides:
     captions: str | None = None
     clip_model: str | None = None
     blocks: int | None = None
+    methods: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class Cell:
     blocks: int = DEFAULT_BLOCKS
     # Text-to-image datasets: guidance scale and prompt source (bench.models.ms_coco); else None.
     conditioning: dict[str, Any] | None = None
+    # The method axis (bench.methods): base and pas follow ``pas``; a peer names itself, its
+    # fitters' settings (besides PAS's) and the hash of what its fits depend on.
+    method: str = "base"
+    method_settings: dict[str, Any] | None = None
+    method_key: str | None = None
 
     @property
     def seeds(self) -> str:
@@ -301,9 +308,9 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     for name in [*grid.solver_options, *solvers]:
         _solver_spec(name)
     for name in solvers if True in pas_flags else []:
-        if _solver_spec(name).stages != 1:
-            raise UserError(f"PAS cannot correct {name}: it spends several NFE per step; "
-                            "use --pas off or a one-evaluation-per-step solver")
+        _check_pas_solver(name, "pas")
+    peers = _peers(grid, overrides)
+    uses_pas = True in pas_flags or any(methods.METHODS[name].uses_pas for name in peers)
     defaults = pas_defaults()
     _check_grid_tables(grid, specs, defaults)
     cells: list[Cell] = []
@@ -312,8 +319,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         model = (file_identity(overrides.model_path) if spec.model_url and overrides.model_path
                  else spec.model_url or f"analytic:{spec.name}")
         metric = _metric_identity(spec, overrides)
-        pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
-        conditioning = _conditioning(grid, spec, overrides, num_samples, True in pas_flags)
+        pas_settings = resolve_pas(grid, spec.name, defaults) if uses_pas else None
+        conditioning = _conditioning(grid, spec, overrides, num_samples, uses_pas)
         local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
         blocks = (overrides.blocks or grid.dataset_overrides.get(spec.name, {}).get("blocks")
                   or grid.blocks)
@@ -322,25 +329,57 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
             schedule, options = resolve_solver(solver, spec, grid)
             for nfe in dict.fromkeys(nfes):
                 steps = _steps(solver, nfe, options)
-                for use_pas in pas_flags:
+                axis = [("pas" if use_pas else "base") for use_pas in pas_flags]
+                axis += [name for name in peers
+                         if methods.selected(grid.methods.get(name, {}), spec.name, solver, nfe)]
+                for method in axis:
+                    use_pas = methods.METHODS[method].uses_pas
+                    _check_pas_solver(solver, method)
+                    settings = methods.method_settings(grid.methods, method)
+                    methods.check_steps(settings, steps, f"{spec.name} {solver} nfe={nfe} {method}")
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
-                                       conditioning, blocks))
+                                       conditioning, blocks, method, settings))
     return cells
+
+
+def _peers(grid: Grid, overrides: Overrides) -> list[str]:
+    """The peer methods (bench.methods) to run: --methods, else the grid's [methods.*] tables."""
+    chosen = methods.peer_names(overrides.methods if overrides.methods is not None
+                                else [n for n in grid.methods if n in methods.METHODS])
+    for name in grid.methods:
+        if name not in methods.METHODS and name not in methods.FITTER_DEFAULTS:
+            raise UserError(f"grid file {grid.source}: [methods.{name}] names no method; choose "
+                            f"from: {', '.join(methods.PEERS)}")
+    for name in methods.FITTER_DEFAULTS:
+        methods.fitter_settings(grid.methods, name)
+    return chosen
+
+
+def _check_pas_solver(solver: str, method: str) -> None:
+    if methods.METHODS[method].uses_pas and _solver_spec(solver).stages != 1:
+        raise UserError(f"PAS cannot correct {solver}: it spends several NFE per step; "
+                        "use --pas off or a one-evaluation-per-step solver")
 
 
 def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_pas: bool,
           schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
           num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
           model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None,
-          blocks: int) -> Cell:
+          blocks: int, method: str = "base", method_settings: dict[str, Any] | None = None) -> Cell:
     rmse_samples = min(rmse_samples, num_samples)
     fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
                     "schedule": schedule, "options": options, "dtype": dtype,
                     "precision": precision, "pas": pas_settings}
     if conditioning is not None:  # only text-to-image cells carry it: other hashes stay as they were
         fit_identity["conditioning"] = _conditioning_identity(conditioning)
+    # What a peer's own fits (a GITS schedule) depend on: shared by GITS and GITS + PAS cells.
+    method_key = None
+    if method not in ("base", "pas"):
+        method_key = canonical_hash({**{k: v for k, v in fit_identity.items() if k != "pas"},
+                                     "fits": method_settings})
+        fit_identity |= {"method": method, "method_settings": method_settings}
     identity = {**fit_identity, "num_samples": num_samples, "seeds": f"0-{num_samples - 1}",
                 "metric": metric, "rmse_samples": rmse_samples}
     # Blocks change the error bars, not the value: cells with the default K keep the hashes they
@@ -353,7 +392,7 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
         rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
         pas_key=canonical_hash(fit_identity) if use_pas else None, conditioning=conditioning,
-        blocks=blocks,
+        blocks=blocks, method=method, method_settings=method_settings, method_key=method_key,
     )
 
 
@@ -387,11 +426,18 @@ def teacher_group(cell: Cell) -> tuple:
             settings["trajectories"], settings["validate"], settings["holdout"])
 
 
-def teacher_requests(denoiser: Any, cells: list[Cell]) -> list[pas.TeacherRequest]:
-    """What the teacher must provide for the PAS fits of ``cells`` (one request per fit)."""
+def teacher_requests(denoiser: Any, cells: list[Cell],
+                     schedules: dict[str, torch.Tensor] | None = None) -> list[pas.TeacherRequest]:
+    """What the teacher must provide for the PAS fits of ``cells`` (one request per fit).
+
+    ``schedules`` maps a fit's pas_key to the explicit times it fits on (GITS + PAS); without
+    one a fit's named schedule stands in (the dry run's estimate for GITS + PAS).
+    """
     fits = {cell.pas_key: cell for cell in cells if cell.pas}
+    schedules = schedules or {}
     try:
-        return [pas.student_request(denoiser, c.solver, c.nfe, schedule=c.schedule,
+        return [pas.student_request(denoiser, c.solver, c.nfe,
+                                    schedule=schedules.get(c.pas_key, c.schedule),
                                     teacher_nfe=c.pas_settings["teacher_nfe"], **c.options)
                 for c in fits.values()]
     except ValueError as exc:
@@ -466,7 +512,14 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path,
     counts["pas_teacher"] = sum(cost["evaluations"] for cost in teachers
                                 if cost["dataset"] in datasets)
     counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
-    return counts
+    denoisers: dict[str, Any] = {}
+
+    def denoiser_for(name: str) -> Any:
+        if name not in denoisers:
+            denoisers[name] = _grid_denoiser(get_dataset(name))
+        return denoisers[name]
+
+    return counts | methods.gits_evaluations(cells, cache_dir, denoiser_for)
 
 
 def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
@@ -507,10 +560,11 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
 
     waiting = {cell.config_hash for cell in todo}
     table = [[cell.index, cell.dataset, cell.solver, cell.nfe, "on" if cell.pas else "off",
-              cell.schedule, cell.num_samples, cell.batch_size, cell.num_samples * cell.nfe,
+              cell.method, cell.schedule, cell.num_samples, cell.batch_size,
+              cell.num_samples * cell.nfe,
               "run" if cell.config_hash in waiting else "done", cell.config_hash[:12]]
              for cell in cells]
-    headers = ["#", "dataset", "solver", "nfe", "pas", "schedule", "samples", "batch",
+    headers = ["#", "dataset", "solver", "nfe", "pas", "method", "schedule", "samples", "batch",
                "evaluations", "status", "config_hash"]
     # One teacher cost per plan: it builds the analytic denoisers and the shared grids.
     teachers = teacher_cost(todo, cache_dir)

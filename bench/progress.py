@@ -50,13 +50,20 @@ class ProgressLog:
         self._say(f"PAS fit {label}: done in {seconds:.1f} s (teacher {teacher}, "
                   f"{artifact.n_params} coordinates)")
 
+    def gits_finished(self, label: str, artifact: Any) -> None:
+        teacher = ("cached" if artifact.teacher.get("cached")
+                   else f"{artifact.teacher['generation_seconds']:.1f} s")
+        self._say(f"GITS search {label}: done in {artifact.search_seconds:.1f} s (teacher "
+                  f"{teacher}, {artifact.warmup} warm-up seeds, steps at fine-grid points "
+                  f"{artifact.indices})")
+
     def cell_finished(self, row: dict, seconds: float) -> None:
         """One line for a finished cell; the time left assumes the remaining cells take as long
         on average as the finished ones (PAS fits included)."""
         self.done += 1
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.done * (self.total - self.done)
-        label = f"{row['dataset']} {row['solver']} nfe={row['nfe']} {'pas' if row['pas'] else 'base'}"
+        label = f"{row['dataset']} {row['solver']} nfe={row['nfe']} {row['method']}"
         suspect = f" [timing suspect: {row['timing_suspect_reason']}]" if row["timing_suspect"] else ""
         self._say(f"[{self.done}/{self.total}] {label}: {row['metric']} {row['value']:.6g}, "
                   f"{seconds:.1f} s{suspect}; about {_clock(left)} left")

@@ -39,6 +39,9 @@ ROW_KEYS = (
     "unet_evals", "clip_score", "conditioning",
     # Error bars: seed blocks, the metric without each block, jackknife SE (bench.metrics.frechet).
     "blocks", "value_blocks", "value_se",
+    # The method axis (bench.methods): base, pas, gits, gits_pas; the settings and reports of its
+    # fitters besides PAS (e.g. {"gits": {"times": ..., "search_s": ...}}). Older rows lack them.
+    "method", "method_settings", "method_fit",
 )
 # Keys that describe when/where/how fast a row was produced rather than what it measured.
 PROVENANCE_KEYS = (
@@ -181,4 +184,8 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
         records.extend({**row, "source_file": str(path)} for row in _read_lines(path))
     columns = [*ROW_KEYS, "source_file"]
     frame = pd.DataFrame.from_records(records)
-    return frame.reindex(columns=[*columns, *[c for c in frame.columns if c not in columns]])
+    frame = frame.reindex(columns=[*columns, *[c for c in frame.columns if c not in columns]])
+    # Rows written before the method axis existed: the pas flag says which method they are.
+    methods = frame["pas"].map({True: "pas", False: "base"})
+    frame["method"] = frame["method"].astype(object).fillna(methods)
+    return frame

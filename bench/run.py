@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import pas
 import solvers
-from bench import distributed, timing
+from bench import distributed, methods, timing
 from bench.cli import parse_args
 from bench.distributed import World
 from bench.errors import UserError
@@ -162,6 +162,8 @@ class Runner:
         self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
         self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._artifacts: dict[str, Any] = {}
+        # What the method axis's other fitters made (bench.methods): GITS schedules.
+        self.fitted: dict[tuple, Any] = {}
         self._cells: list[Cell] = []
         self._teacher_groups: set[tuple] = set()
         self._inception: Any = None
@@ -225,15 +227,22 @@ class Runner:
             self._references[key] = (final, states[:, :PREVIEW_COUNT] if planar else None)
         return self._references[key]
 
-    def artifact(self, cell: Cell) -> Any:
-        """The cell's PAS artifact: from cache_dir/artifacts/<key>.json, else fitted by rank 0."""
+    def dtype(self, cell: Cell) -> torch.dtype:
+        return DTYPES[cell.dtype]
+
+    def barrier(self) -> None:
+        distributed.barrier(self.world)
+
+    def artifact(self, cell: Cell, schedule: str | torch.Tensor | None = None) -> Any:
+        """The cell's PAS artifact: from cache_dir/artifacts/<key>.json, else fitted by rank 0 on
+        ``schedule`` (default: the cell's; GITS + PAS passes the GITS times)."""
         if cell.pas_key not in self._artifacts:
             path = self.cache_dir / "artifacts" / f"{cell.pas_key}.json"
             if self.world.is_main and not path.exists():
                 label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
                 self.log.fit_started(label)
                 began = time.perf_counter()
-                fitted = self._fit(cell)
+                fitted = self._fit(cell, cell.schedule if schedule is None else schedule)
                 self.log.fit_finished(label, fitted, time.perf_counter() - began)
                 fitted.save(path)
             distributed.barrier(self.world)
@@ -244,7 +253,7 @@ class Runner:
                 raise UserError(f"{exc}; delete {path} to fit it again") from None
         return self._artifacts[cell.pas_key]
 
-    def _fit_denoiser(self, cell: Cell) -> Any:
+    def fit_denoiser(self, cell: Cell) -> Any:
         """The denoiser PAS fits on: text-to-image models use their teacher captions, disjoint
         from the evaluation ones."""
         denoiser = self.denoiser(cell)
@@ -260,9 +269,9 @@ class Runner:
         self._teacher_groups.add(group)
         waiting = [c for c in self._cells if c.pas and teacher_group(c) == group
                    and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
-        denoiser = self._fit_denoiser(cell)
+        denoiser = self.fit_denoiser(cell)
         settings = cell.pas_settings
-        requests = teacher_requests(denoiser, waiting)
+        requests = teacher_requests(denoiser, waiting, methods.searched_schedules(self, waiting))
         self.log.teacher_started(cell.dataset, len(requests))
         try:
             teacher = pas.teacher_states(
@@ -275,10 +284,10 @@ class Runner:
             raise UserError(f"PAS teacher for {cell.dataset}: {exc}") from None
         self.log.teacher_finished(cell.dataset, teacher)
 
-    def _fit(self, cell: Cell) -> Any:
+    def _fit(self, cell: Cell, schedule: str | torch.Tensor) -> Any:
         self._share_teacher(cell)
         try:
-            return pas.fit(self._fit_denoiser(cell), cell.solver, cell.nfe, schedule=cell.schedule,
+            return pas.fit(self.fit_denoiser(cell), cell.solver, cell.nfe, schedule=schedule,
                            cache_dir=self.cache_dir, device=self.device, dtype=DTYPES[cell.dtype],
                            dataset=cell.dataset, batch_size=cell.batch_size,
                            progress=self.progress, **cell.pas_settings, **cell.options)
@@ -309,31 +318,35 @@ class Runner:
             self._latent_store[key] = drawn
         return tuple(t if t is None else t.to(self.device) for t in drawn)
 
-    def _batch(self, cell: Cell, start: tuple[torch.Tensor, torch.Tensor | None], correction: Any,
-               *, reference: bool = False, trajectory: bool = False) -> Any:
-        """The cell's solver (or the Heun-200 reference) from ``start = (latents, labels)``."""
+    def _batch(self, cell: Cell, start: tuple[torch.Tensor, torch.Tensor | None],
+               sampling: methods.Sampling | None, *, reference: bool = False,
+               trajectory: bool = False) -> Any:
+        """The cell's solver as its method samples (or the Heun-200 reference) from
+        ``start = (latents, labels)``."""
         latents, labels = start
         if reference:
             return solvers.sample(self.denoiser(cell), latents, REFERENCE_SOLVER, REFERENCE_NFE,
                                   REFERENCE_SCHEDULE, class_labels=labels,
                                   return_trajectory=trajectory)
-        return solvers.sample(self.denoiser(cell), latents, cell.solver, cell.nfe, cell.schedule,
-                              correction=correction, class_labels=labels,
+        return solvers.sample(self.denoiser(cell), latents, cell.solver, cell.nfe,
+                              sampling.schedule, correction=sampling.correction,
+                              class_labels=labels,
                               return_trajectory=trajectory, **cell.options)
 
-    def _solve(self, cell: Cell, seeds: range, correction: Any, *, reference: bool = False,
+    def _solve(self, cell: Cell, seeds: range, sampling: methods.Sampling | None, *,
+               reference: bool = False,
                trajectory: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(final states, trajectory or None) of ``seeds`` on the CPU, in batches of the cell's size."""
         finals, paths = [], []
         for batch in _batches(seeds, cell.batch_size):
-            result = self._batch(cell, self._latents(cell, batch), correction, reference=reference,
+            result = self._batch(cell, self._latents(cell, batch), sampling, reference=reference,
                                  trajectory=trajectory)
             final, path = result if trajectory else (result, None)
             finals.append(final.cpu())
             paths.append(path.cpu() if trajectory else None)
         return torch.cat(finals), torch.cat(paths, dim=1) if trajectory else None
 
-    def _stream(self, cell: Cell, correction: Any,
+    def _stream(self, cell: Cell, sampling: methods.Sampling,
                 accumulator: FrechetAccumulator) -> tuple[timing.BatchClock, float]:
         """Sample this rank's seeds batch by batch into the accumulator; (batch clock, metric_s)."""
         batches = _batches(distributed.seed_range(cell.num_samples, self.world), cell.batch_size)
@@ -341,12 +354,13 @@ class Runner:
                 if self.args.save_images else None)
         clock = timing.BatchClock(len(batches), partial(_sync, self.device))
         metric_s = 0.0
-        label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}{' pas' if cell.pas else ''}"
+        label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}" + (
+            "" if cell.method == "base" else f" {cell.method}")
         bar = tqdm(total=len(batches), desc=label, unit="batch", leave=False, disable=not self.progress)
         # On a GPU the CPU is idle while sampling: draw the next batch's latents meanwhile.
         for batch, start in _ahead(partial(self._latents, cell), batches, self.device.type == "cuda"):
             with clock.batch(len(batch)):
-                samples = self._batch(cell, start, correction)
+                samples = self._batch(cell, start, sampling)
             began = time.perf_counter()
             accumulator.update(samples, start[1], seeds=batch)
             _sync(self.device)
@@ -358,11 +372,11 @@ class Runner:
         bar.close()
         return clock, metric_s
 
-    def _preview(self, cell: Cell, correction: Any) -> tuple[str, float | None]:
+    def _preview(self, cell: Cell, sampling: methods.Sampling) -> tuple[str, float | None]:
         """Save the cell's preview arrays and compute rmse_to_teacher; (preview name, rmse)."""
         planar = tuple(self.denoiser(cell).shape) == (2,)
         count = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
-        samples, trajectory = self._solve(cell, range(count), correction, trajectory=planar)
+        samples, trajectory = self._solve(cell, range(count), sampling, trajectory=planar)
         # Latent models store small decoded images instead (what the report's sample grids show).
         thumbnails = getattr(self.denoiser(cell), "thumbnails", None)
         shown = samples[:PREVIEW_COUNT]
@@ -385,9 +399,8 @@ class Runner:
             self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)
         # The metric first: a missing reference file stops the cell before any sampling or fit.
         accumulator = self.accumulator(cell)
-        artifact = self.artifact(cell) if cell.pas else None
-        correction = artifact.correction() if artifact is not None else None
-        clock, metric_s = self._stream(cell, correction, accumulator)
+        sampling = methods.prepare(self, cell)
+        clock, metric_s = self._stream(cell, sampling, accumulator)
         began = time.perf_counter()
         distributed.sum_across(self.world, accumulator.sums())
         value = accumulator.compute() if self.world.is_main else float("nan")
@@ -398,8 +411,8 @@ class Runner:
         peak = distributed.max_across(self.world, _peak_mem_mb(self.device), self.device)
         if not self.world.is_main:
             return None
-        preview, error = self._preview(cell, correction)
-        return self._row(cell, artifact, value, error, times, metric_s, peak, preview, extra)
+        preview, error = self._preview(cell, sampling)
+        return self._row(cell, sampling, value, error, times, metric_s, peak, preview, extra)
 
     def _timing(self, clock: timing.BatchClock) -> dict:
         """This rank's timing fields, with the slowest rank's sampling time and a suspect flag
@@ -415,8 +428,9 @@ class Runner:
         return {**times, "sample_s": sample_s, "timed_samples": int(timed.item()),
                 "s_per_sample": sample_s / timed.item(), "timing_suspect": suspect}
 
-    def _row(self, cell: Cell, artifact: Any, value: float, error: float | None, times: dict,
-             metric_s: float, peak: float, preview: str, extra: dict) -> dict:
+    def _row(self, cell: Cell, sampling: methods.Sampling, value: float, error: float | None,
+             times: dict, metric_s: float, peak: float, preview: str, extra: dict) -> dict:
+        artifact = sampling.artifact
         fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None,
                "pas_holdout_gain": None}
         if artifact is not None:
@@ -439,6 +453,9 @@ class Runner:
             # Error bars (bench.metrics.frechet): the metric without each seed block, its jackknife SE.
             "blocks": cell.blocks, "value_blocks": extra.get("value_blocks"),
             "value_se": extra.get("value_se"),
+            # The method axis (bench.methods): what its fitters (besides PAS) used and reported.
+            "method": cell.method, "method_settings": cell.method_settings,
+            "method_fit": sampling.fits or None,
         }
 
     def run(self, cells: list[Cell]) -> list[dict]:
@@ -468,9 +485,10 @@ def _draw(denoiser: Any, seeds: range, dtype: torch.dtype) -> tuple[torch.Tensor
 
 def summary(rows: list[dict], skipped: int) -> str:
     """A plain-text table of the rows this run wrote."""
-    table = [[r["dataset"], r["solver"], r["nfe"], "yes" if r["pas"] else "no", r["metric"],
+    table = [[r["dataset"], r["solver"], r["nfe"], r["method"], r["metric"],
               r["value"], r["rmse_to_teacher"], r["pas_params"], r["sample_s"]] for r in rows]
-    headers = ["dataset", "solver", "nfe", "pas", "metric", "value", "rmse", "pas_params", "sample_s"]
+    headers = ["dataset", "solver", "nfe", "method", "metric", "value", "rmse", "pas_params",
+               "sample_s"]
     text = tabulate(table, headers=headers, floatfmt=".4g", missingval="-") if rows else "no cells run"
     suspect = sum(bool(r["timing_suspect"]) for r in rows)
     if suspect:
@@ -487,6 +505,7 @@ def _overrides(args: Namespace) -> Overrides:
         precision=args.precision, model_path=args.model_path, ref_stats=args.ref_stats,
         inception_weights=args.inception_weights, guidance=args.guidance, prompt=args.prompt,
         captions=args.captions, clip_model=args.clip_model, blocks=args.blocks,
+        methods=args.methods,
     )
 
 

@@ -23,6 +23,7 @@ from report.tables import (
     GAIN_NOTE,
     gain_table,
     metric_table,
+    published_methods,
     published_table,
     settings_table,
     time_table,
@@ -33,8 +34,10 @@ from report.tables import (
 
 METRICS = ("fd", "fid")
 DEFAULT_OUT = Path("report/build")
-# Published FIDs live beside the project: ../shared/data/published_fid.csv from the project root.
+# Published FIDs live beside the project: ../shared/data/published_fid.csv from the project root,
+# and beside it GITS's and AMED's figures (published_fid_accelerators.csv).
 PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "published_fid.csv"
+ACCELERATORS_CSV = PUBLISHED_CSV.with_name("published_fid_accelerators.csv")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     parser.add_argument("--metric", help="only rows scored with this metric: fd or fid")
     parser.add_argument("--datasets", nargs="+", help="only these datasets")
-    parser.add_argument("--published", type=Path, help="published numbers CSV (default: the shared one, if present)")
+    parser.add_argument("--published", type=Path, nargs="+",
+                        help="published numbers CSVs: solver FIDs "
+                             "(dataset,solver,pas,nfe,fid,source) or accelerator FIDs "
+                             "(dataset,base_solver,method,nfe,fid,source) (default: the shared "
+                             "ones, where present)")
     parser.add_argument("--history", type=Path, metavar="FILE.json",
                         help="write the trend page (history.html) of a history stored by "
                              "`python -m bench.history --out FILE.json` instead of the report")
@@ -97,7 +104,8 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
                                 "better, best per NFE in bold."))
     gain = gain_table(cells)
     if gain is not None:
-        tables.append(TableFile(f"tables/{name}_pas_gain", "Relative improvement with PAS", gain,
+        tables.append(TableFile(f"tables/{name}_pas_gain",
+                                "Relative improvement over the base solver (PAS, GITS, ...)", gain,
                                 GAIN_NOTE))
     tables.append(TableFile(f"tables/{name}_time", "Wall-clock per sample (ms)", time_table(cells),
                             "Sampling time only (no metric, no PAS fitting, no warm-up batch), divided by the "
@@ -109,16 +117,18 @@ def dataset_section(cells: pd.DataFrame, dataset: str, metric: str, out: Path) -
     return Section(dataset, metric, len(cells), tables, dataset_figures(cells, dataset, out))
 
 
-def published_section(cells: pd.DataFrame, csv: Path | None, out: Path) -> TableFile | None:
-    """Published FIDs beside measured ones; skipped silently when the default CSV is absent."""
-    path = csv or PUBLISHED_CSV
-    if csv is None and not path.is_file():
+def published_section(cells: pd.DataFrame, csvs: list[Path] | None, out: Path) -> TableFile | None:
+    """Published FIDs beside measured ones; default CSVs that are absent are skipped silently."""
+    paths = csvs or [p for p in (PUBLISHED_CSV, ACCELERATORS_CSV) if p.is_file()]
+    if not paths:
         return None
-    try:
-        published = pd.read_csv(path)
-    except (OSError, ValueError) as err:
-        raise ReportInputError(f"cannot read published numbers {path}: {err}") from None
-    table = published_table(cells, published)
+    frames = []
+    for path in paths:
+        try:
+            frames.append(published_methods(pd.read_csv(path)))
+        except (OSError, ValueError, KeyError) as err:
+            raise ReportInputError(f"cannot read published numbers {path}: {err}") from None
+    table = published_table(cells, pd.concat(frames, ignore_index=True))
     if table is None:
         return None
     return _write_table(TableFile("tables/published", "Published vs measured FID", table), out)

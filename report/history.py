@@ -116,8 +116,9 @@ def _panel(
 
 
 def _labels(points: pd.DataFrame) -> pd.Series:
-    """Legend label of each point: base / + PAS, with host and device for wall-clock series."""
-    sampler = np.where(points["pas"].astype(bool), "+ PAS", "base")
+    """Legend label of each point: its method (base, pas, gits, ...), with host and device for
+    wall-clock series."""
+    sampler = points["method"].astype(str)
     where = points["host"].fillna("").astype(str) + " " + points["device"].fillna("").astype(str)
     return pd.Series(sampler, index=points.index).where(
         points["kind"] == "metric", sampler + " @ " + where.str.strip()
@@ -197,7 +198,7 @@ def steps_frame(steps: pd.DataFrame) -> pd.DataFrame:
             "dataset": shown["dataset"],
             "solver": shown["solver"],
             "NFE": shown["nfe"],
-            "PAS": np.where(shown["pas"].astype(bool), "yes", "no"),
+            "method": shown["method"],
             "series": series,
             "before": shown["before"].map("{:.5g}".format),
             "after": shown["after"].map("{:.5g}".format),

@@ -21,9 +21,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from report.load import SUSPECT_MARK, load_preview
+from report.tables import METHOD_SUFFIXES, method_suffix
 
 FORMATS = ("png", "svg")
-BASE, WITH_PAS = "base", "+ PAS"
+BASE = "base"
+# Line and marker styles per method, in the tables' method order.
+SAMPLERS = [BASE, *(method_suffix(m).strip() for m in METHOD_SUFFIXES if m != "base")]
 TRAJECTORIES_SHOWN = 12
 MAX_NFE_PANELS = 3
 
@@ -65,7 +68,8 @@ def _palette(cells: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
 
 def _plot_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """Columns named as the legends should read."""
-    return cells.assign(Solver=cells["family"], Sampler=np.where(cells["pas"], WITH_PAS, BASE))
+    labels = cells["method_id"].map(lambda m: method_suffix(m).strip() or BASE)
+    return cells.assign(Solver=cells["family"], Sampler=labels)
 
 
 def _wants_log(values: pd.Series) -> bool:
@@ -87,7 +91,7 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
         ax = fig.subplots()
         sns.lineplot(
             data=data, x="nfe", y="value", hue="Solver", style="Sampler", units="method",
-            estimator=None, style_order=[BASE, WITH_PAS], markers=True, palette=_palette(cells), ax=ax,
+            estimator=None, style_order=SAMPLERS, markers=True, palette=_palette(cells), ax=ax,
         )
         bars = _error_bars(ax, data, _palette(cells))
         if _wants_log(data["value"]):
@@ -98,7 +102,8 @@ def metric_vs_nfe(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureFil
     stem = f"figures/{slug(dataset)}_metric_vs_nfe"
     save_figure(fig, out_dir, stem)
     note = " Error bars: ± one standard error (jackknife over seed blocks)." if bars else ""
-    return FigureFile(stem, f"{metric.upper()} vs NFE", "Solid lines: base solvers; dashed: with PAS." + note)
+    return FigureFile(stem, f"{metric.upper()} vs NFE",
+                      "Solid lines: base solvers; other styles: with PAS, GITS, ..." + note)
 
 
 def _error_bars(ax: object, data: pd.DataFrame, palette: dict) -> bool:
@@ -124,7 +129,7 @@ def quality_vs_time(cells: pd.DataFrame, dataset: str, out_dir: Path) -> FigureF
         ax = fig.subplots()
         sns.scatterplot(
             data=data.rename(columns={"nfe": "NFE"}), x="ms_per_sample", y="value", hue="Solver",
-            style="Sampler", style_order=[BASE, WITH_PAS], size="NFE", sizes=(25, 150),
+            style="Sampler", style_order=SAMPLERS, size="NFE", sizes=(25, 150),
             palette=_palette(cells), ax=ax,
         )
         ax.set_xscale("log")
@@ -190,7 +195,7 @@ def _pairs(cells: pd.DataFrame, key: str, ndim: int) -> list[Pair]:
     with_preview = cells[cells["preview"].map(lambda p: isinstance(p, str) and bool(p))]
     pairs = []
     for (_, _), group in with_preview.groupby(["family", "nfe"], sort=False):
-        base, fitted = group[~group["pas"]], group[group["pas"]]
+        base, fitted = group[group["method_id"] == "base"], group[group["method_id"] == "pas"]
         if len(base) and len(fitted):
             pairs.append((base.iloc[0], fitted.iloc[0]))
     loaded = [(b, p, load_preview(b), load_preview(p)) for b, p in pairs]

@@ -1,4 +1,5 @@
-"""Paper-style tables of stored cells: metric per NFE, PAS's gain, wall-clock, published numbers.
+"""Paper-style tables of stored cells: metric per NFE, the gain of PAS and its peers (GITS, ...)
+over the base solver, wall-clock, published numbers.
 
 A :class:`Table` holds display strings plus a mask of bold cells; ``to_markdown`` (tabulate through
 pandas), ``to_latex`` (pandas Styler, booktabs rules) and ``to_html`` render it.
@@ -27,6 +28,11 @@ SOLVER_NAMES = {
 # Settings that can make two cells of one solver differ; shown in the row label only when they do.
 VARIANT_FIELDS = ("schedule", "order", "options", "num_samples", "seeds", "dtype", "precision")
 PAS_SUFFIX = " + PAS"
+# Row-label suffix per stored method (the row field `method`); unknown methods show their name.
+METHOD_SUFFIXES = {"base": "", "pas": PAS_SUFFIX, "gits": " + GITS", "gits_pas": " + GITS + PAS",
+                   "amed": " + AMED"}
+# Published tables' method names -> stored ones (published_fid_accelerators.csv).
+PUBLISHED_METHODS = {"base": "base", "gits": "gits", "amed_plugin": "amed"}
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,23 @@ def _varying_suffix(group: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
     return text[varying].apply(lambda r: " (" + ", ".join(f"{f}={r[f]}" for f in varying) + ")", axis=1)
 
 
+def method_suffix(method_id: str) -> str:
+    return METHOD_SUFFIXES.get(method_id, f" + {method_id}")
+
+
+def method_ids(cells: pd.DataFrame) -> pd.Series:
+    """The stored method of each row (base, pas, gits, gits_pas, ...); rows from before the
+    method axis, which have no ``method`` field, follow their ``pas`` flag."""
+    if "method_id" in cells:
+        return cells["method_id"]
+    stored = cells["method"] if "method" in cells else pd.Series(None, index=cells.index)
+    return stored.astype(object).fillna(cells["pas"].map({True: "pas", False: "base"}))
+
+
 def with_labels(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add ``family`` (solver plus any distinguishing setting) and ``method`` (family, "+ PAS")."""
-    cells = cells.copy()
+    """Add ``family`` (solver plus any distinguishing setting) and ``method`` (family and the
+    method's suffix: "iPNDM + GITS"); ``method_id`` (report.load) is the stored method."""
+    cells = cells.assign(method_id=method_ids(cells))
     family = pd.Series("", index=cells.index)
     pas_suffix = pd.Series("", index=cells.index)
     for _, group in cells.groupby(["dataset", "solver"], sort=False):
@@ -95,15 +115,17 @@ def with_labels(cells: pd.DataFrame) -> pd.DataFrame:
         if "pas_settings" in fitted and not fitted.empty:
             pas_suffix[fitted.index] = _varying_suffix(fitted, ("pas_settings",))
     cells["family"] = family
-    cells["method"] = family + np.where(cells["pas"], PAS_SUFFIX, "") + pas_suffix
+    cells["method"] = family + cells["method_id"].map(method_suffix) + pas_suffix
     return cells
 
 
 def _method_order(cells: pd.DataFrame) -> list[str]:
-    """Solvers in registry order, each base row followed by its PAS row(s)."""
+    """Solvers in registry order, each base row followed by its PAS row(s), then its peers'."""
     rank = {name: i for i, name in enumerate(SOLVER_NAMES)}
-    keys = cells.assign(rank=cells["solver"].map(lambda s: rank.get(s, len(rank))))
-    keys = keys.sort_values(["rank", "solver", "family", "pas", "method"], kind="stable")
+    order = {name: i for i, name in enumerate(METHOD_SUFFIXES)}
+    keys = cells.assign(rank=cells["solver"].map(lambda s: rank.get(s, len(rank))),
+                        order=cells["method_id"].map(lambda m: order.get(m, len(order))))
+    keys = keys.sort_values(["rank", "solver", "family", "order", "method"], kind="stable")
     return list(dict.fromkeys(keys["method"]))
 
 
@@ -146,7 +168,7 @@ def metric_table(cells: pd.DataFrame, column: str = "value", higher_is_better: b
 def _format_gain(gain: Gain | None) -> str:
     """``+4.6% ± 2.1%`` (shown bold when significant), ``+1.2% ± 2.1% (n.s.)`` when not,
     ``+4.6%`` without blocks, blank without a pair."""
-    if gain is None:
+    if not isinstance(gain, Gain):  # no pair (a method run at fewer NFEs): None or NaN
         return ""
     if gain.se is None:
         return f"{100 * gain.value:+.1f}%"
@@ -154,18 +176,20 @@ def _format_gain(gain: Gain | None) -> str:
 
 
 def gain_table(cells: pd.DataFrame) -> Table | None:
-    """PAS's relative improvement, (base - PAS) / base in percent, per solver family and NFE, with
-    its paired jackknife SE where rows have seed blocks; significant gains (report.uncertainty:
-    the t interval at LEVEL excludes 0) are bold, the others marked "(n.s.)"."""
-    if not cells["pas"].any():
+    """Each method's relative improvement over its base solver, (base - method) / base in percent,
+    per method row (PAS, GITS, GITS + PAS, ...) and NFE, with its paired jackknife SE where rows
+    have seed blocks; significant gains (report.uncertainty: the t interval at LEVEL excludes 0)
+    are bold, the others marked "(n.s.)"."""
+    improved = cells["method_id"] != "base"
+    if not improved.any():
         return None
-    family_of = cells[cells["pas"]].drop_duplicates("method").set_index("method")["family"]
+    family_of = cells[improved].drop_duplicates("method").set_index("method")["family"]
     order = [m for m in _method_order(cells) if m in family_of.index]
     has_blocks = "value_blocks" in cells
     sides = {}
     for column in ("value", "value_blocks") if has_blocks else ("value",):
-        base = _pivot(cells[~cells["pas"]], column, index="family")
-        fitted = _pivot(cells[cells["pas"]], column, index="method").reindex(order)
+        base = _pivot(cells[~improved], column, index="family")
+        fitted = _pivot(cells[improved], column, index="method").reindex(order)
         sides[column] = (base.reindex(family_of[order].to_numpy()).set_axis(order), fitted)
     (base, fitted), columns = sides["value"], sides["value"][1].columns.intersection(sides["value"][0].columns)
     gains = pd.DataFrame(None, index=order, columns=columns, dtype=object)
@@ -178,13 +202,14 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
             gains.at[method, nfe] = paired_gain(base.at[method, nfe], fitted.at[method, nfe], *blocks)
     gains = gains.dropna(how="all").dropna(axis=1, how="all")
     text = gains.map(_format_gain)
-    bold = gains.map(lambda g: bool(g is not None and g.significant))
+    bold = gains.map(lambda g: bool(isinstance(g, Gain) and g.significant))
     return Table(text=_str_columns(text), bold=_str_columns(bold))
 
 
-GAIN_NOTE = (f"(base - PAS) / base; positive means PAS is better. ± one standard error, jackknife "
-             f"over the seed blocks the base and PAS cells share (paired). Bold: significant, the "
-             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not.")
+GAIN_NOTE = (f"(base - method) / base; positive means the method (PAS, GITS, ...) is better. "
+             f"± one standard error, jackknife over the seed blocks the base and method cells "
+             f"share (paired). Bold: significant, the {LEVEL:.0%} t interval (K - 1 degrees of "
+             f"freedom) excludes 0; (n.s.): it does not.")
 
 
 def time_table(cells: pd.DataFrame) -> Table:
@@ -241,14 +266,25 @@ def settings_table(cells: pd.DataFrame) -> Table:
                  index_name="Setting", columns_name=None, left_columns=tuple(text.columns))
 
 
+def published_methods(published: pd.DataFrame) -> pd.DataFrame:
+    """A published table with a ``method_id`` per row: from its ``pas`` flag (published_fid.csv)
+    or its ``base_solver``/``method`` columns (published_fid_accelerators.csv)."""
+    if "pas" in published:
+        flags = published["pas"].map(lambda p: str(p).strip().lower() in ("true", "1"))
+        return published.assign(method_id=flags.map({True: "pas", False: "base"}))
+    return published.rename(columns={"base_solver": "solver"}).assign(
+        method_id=published["method"].map(lambda m: PUBLISHED_METHODS.get(m, m)))
+
+
 def published_table(cells: pd.DataFrame, published: pd.DataFrame) -> Table | None:
-    """Published FIDs beside the measured ones of the same cells (None when no cell matches)."""
-    published = published.assign(
-        pas=published["pas"].map(lambda p: str(p).strip().lower() in ("true", "1"))
-    )
+    """Published FIDs beside the measured ones of the same cells (None when no cell matches);
+    ``published`` holds the rows of one or more published tables (see published_methods)."""
     measured = cells[cells["metric"] == "fid"]
-    keys = ["dataset", "solver", "pas", "nfe"]
-    merged = measured[[*keys, "method", "value"]].merge(published, on=keys)
+    keys = ["dataset", "solver", "method_id", "nfe"]
+    # A figure that two published tables both give (a base FID) is shown once.
+    published = published.drop_duplicates([*keys, "fid"])
+    merged = measured[[*keys, "method", "value"]].merge(
+        published[[*keys, "fid", "source"]], on=keys)
     if merged.empty:
         return None
     rank = {name: i for i, name in enumerate(_method_order(cells))}

@@ -44,7 +44,8 @@ def test_worse_metric_past_tolerance_fails(tmp_path: Path, baseline: Path, capsy
     assert main([str(baseline), str(worse)]) == 1
     out = capsys.readouterr().out
     assert "1 regression(s)" in out
-    assert [line.split()[:4] for line in out.splitlines() if "WORSE" in line] == [["gmm2d", "ipndm", "6", "True"]]
+    worse_lines = [line.split()[:4] for line in out.splitlines() if "WORSE" in line]
+    assert worse_lines == [["gmm2d", "ipndm", "6", "pas"]]
     assert main([str(baseline), str(worse), "--metric-tol", "2e-6"]) == 0
 
 
@@ -143,7 +144,7 @@ def test_suspect_timings_are_skipped_and_reported(tmp_path: Path, baseline: Path
     out = capsys.readouterr().out
     assert "0 regression(s)" in out and "SLOWER" not in out
     skipped = out.split("time check skipped for 1 cell(s) with a suspect timing")[1]
-    assert skipped.splitlines()[3].split() == ["gmm2d", "ddim", "10", "True"]
+    assert skipped.splitlines()[3].split() == ["gmm2d", "ddim", "10", "pas"]
 
     both = candidate(tmp_path, **{"ddim-10-pas": busy,
                                   "ipndm-4-base": {"s_per_sample": 4e-5 * 1.5, "timing_suspect": False}})
@@ -151,7 +152,7 @@ def test_suspect_timings_are_skipped_and_reported(tmp_path: Path, baseline: Path
     out = capsys.readouterr().out
     assert "1 regression(s)" in out and "time check skipped for 1 cell(s)" in out
     assert [line.split()[:4] for line in out.splitlines() if "SLOWER" in line] == [
-        ["gmm2d", "ipndm", "4", "False"]]
+        ["gmm2d", "ipndm", "4", "base"]]
     assert main([str(baseline), str(both)]) == 0  # no --time-tol: nothing timed, nothing skipped
     assert "time check skipped" not in capsys.readouterr().out
 
@@ -173,7 +174,7 @@ def test_metric_change_is_judged_against_combined_standard_errors(
         _with_se(row, se, shift if row["config_hash"] == target else 0.0) for row in rows()])
     assert main([str(base), str(cand), "--metric-tol", "0"]) == (1 if flagged else 0)
     line, = [line for line in capsys.readouterr().out.splitlines() if " fd " in line]
-    assert line.split()[:4] == ["gmm2d", "ddim", "6", "False"]
+    assert line.split()[:4] == ["gmm2d", "ddim", "6", "base"]
     assert f"{in_se:+.2f}" in line and ("WORSE" in line) == flagged and ("near miss" in line) != flagged
     # z = 0 is the plain tolerance: the small rise is flagged too.
     assert main([str(base), str(cand), "--metric-tol", "0", "--z", "0"]) == 1
@@ -204,7 +205,7 @@ def test_time_change_is_judged_against_the_batch_spread(
          "s_per_sample_se": se} for row in rows()])
     assert main([str(base), str(cand), "--time-tol", "0.05"]) == (1 if flagged else 0)
     line, = [line for line in capsys.readouterr().out.splitlines() if " fd " in line]
-    assert line.split()[:4] == ["gmm2d", "ddim", "6", "False"]
+    assert line.split()[:4] == ["gmm2d", "ddim", "6", "base"]
     assert f"{in_se:+.2f}" in line and ("SLOWER" in line) == flagged
     assert ("near miss" in line) != flagged
     assert main([str(base), str(cand), "--time-tol", "0.05", "--z", "0"]) == 1
@@ -239,4 +240,4 @@ def test_a_change_inside_tolerance_and_z_is_same_and_not_counted(
     else:
         assert out.startswith("12 cells matched, 1 changed, 0 regression(s)")
         line, = [line for line in out.splitlines() if " fd " in line]
-        assert line.split()[:4] == ["gmm2d", "ddim", "4", "False"] and "near miss" in line
+        assert line.split()[:4] == ["gmm2d", "ddim", "4", "base"] and "near miss" in line

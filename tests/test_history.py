@@ -127,7 +127,7 @@ def test_a_5_se_step_is_reported_at_its_commit_and_noise_is_not(
         "series; 1 regression(s), 0 improvement(s); 3 timing_suspect point(s) drawn but not used"
     )
     (line,) = [line for line in out.splitlines() if line.startswith("gmm2d")]
-    assert line.split()[:7] == ["gmm2d", "ddim", "4", "False", "fd", shas[k][:8], "commit"]
+    assert line.split()[:7] == ["gmm2d", "ddim", "4", "base", "fd", shas[k][:8], "commit"]
     assert line.split()[7:] == [str(k), "1", "1.05", "+5.00%", "+3.5", "worse"]  # 5 / sqrt(2) SE
     history = build([store], repo, Gates())
     assert history.steps["git_sha"].tolist() == [shas[k]]

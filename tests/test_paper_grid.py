@@ -1,5 +1,5 @@
-"""The paper grid: 230 cells (EDM, LSUN Bedroom and Stable Diffusion) in the published settings,
-planned without downloading anything."""
+"""The paper grid: 238 cells (EDM, LSUN Bedroom and Stable Diffusion, GITS on CIFAR-10) in the
+published settings, planned without downloading anything."""
 
 import itertools
 import math
@@ -15,13 +15,15 @@ DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 SOLVERS = ["ddim", "ipndm", "deis", "dpmpp", "unipc"]
 NFES = {name: [4, 5, 6, 8, 10] for name in DATASETS} | {"lsun_bedroom": [5, 6, 8, 10]}
 SD_NFES = [5, 6, 8, 10]
-# (dataset, solver, nfe, pas) of every cell: 3 x 5 x 5 x 2 + 5 x 4 x 2 for LSUN Bedroom and for
-# Stable Diffusion (ms_coco).
+# (dataset, solver, nfe, method) of every cell: 3 x 5 x 5 x 2 + 5 x 4 x 2 for LSUN Bedroom and for
+# Stable Diffusion (ms_coco), and GITS for CIFAR-10's ddim and ipndm at NFE 5, 6, 8, 10 (the
+# GITS README's figure).
 CELLS = {
-    (dataset, solver, nfe, pas)
+    (dataset, solver, nfe, method)
     for dataset in DATASETS
-    for solver, nfe, pas in itertools.product(SOLVERS, NFES[dataset], ["off", "on"])
-} | set(itertools.product(["ms_coco"], SOLVERS, SD_NFES, ["off", "on"]))
+    for solver, nfe, method in itertools.product(SOLVERS, NFES[dataset], ["base", "pas"])
+} | set(itertools.product(["ms_coco"], SOLVERS, SD_NFES, ["base", "pas"])) | set(
+    itertools.product(["cifar10"], ["ddim", "ipndm"], [5, 6, 8, 10], ["gits"]))
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
     "teacher": "heun",
@@ -46,7 +48,7 @@ REFERENCE = {
 }
 
 
-def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_238_cells_and_downloads_nothing(tmp_path):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
@@ -62,9 +64,11 @@ def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
     rows = set()
     for line in done.stdout.splitlines():
         words = line.split()
-        if len(words) > 4 and words[0].isdigit():
-            rows.add((words[1], words[2], int(words[3]), words[4]))
-    assert rows == CELLS and len(rows) == 230
+        if len(words) > 5 and words[0].isdigit():
+            rows.add((words[1], words[2], int(words[3]), words[5]))
+    assert rows == CELLS and len(rows) == 238
+    # 8 GITS searches on one 61-point Heun teacher (256 seeds x 120 NFE), 60 directions each.
+    assert f"gits_teacher {256 * 120:,}, gits_search {8 * 60 * 256:,}" in done.stdout
     # One teacher solve per dataset serves its 5 solvers x its NFEs; a fit holds the states of
     # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
     for name in DATASETS:
@@ -82,8 +86,8 @@ def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
-    assert {(c.dataset, c.solver, c.nfe, "on" if c.pas else "off") for c in cells} == CELLS
-    assert len(cells) == 230
+    assert {(c.dataset, c.solver, c.nfe, c.method) for c in cells} == CELLS
+    assert len(cells) == 238
     for cell in cells:
         schedule, options = REFERENCE[cell.solver]
         assert cell.schedule == schedule

@@ -55,7 +55,7 @@ def test_trend_page_shows_steps_with_commit_and_subject(
     assert "every commit point" in page and "No regression" not in page
     row = page.split("<tbody>")[1].split("</tr>")[0]
     cells = [cell.split(">")[1].split("<")[0] for cell in row.split("<td")[1:]]
-    assert cells[:7] == [shas[STEP_AT][:8], f"commit {STEP_AT}", "digits", "ddim", "4", "no", "fd"]
+    assert cells[:7] == [shas[STEP_AT][:8], f"commit {STEP_AT}", "digits", "ddim", "4", "base", "fd"]
     assert cells[-3:] == ["+0.80%", "+4.2", "worse"]  # 0.06 on 7.5; 6 / sqrt(2) SE
     for dataset in ("gmm2d", "digits"):
         for kind in ("metric", "time"):

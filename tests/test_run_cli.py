@@ -116,7 +116,7 @@ def test_too_few_samples_for_the_metric_writes_nothing(tmp_path, capsys):
                    "digits: the fd metric needs at least 2 samples per cell")
     assert not out.exists() and not cache.exists()
     (cell,) = build_plan(load_grid("toy"), Overrides(datasets=["digits"], solvers=["ddim"], nfe=[5],
-                                                      pas="off", num_samples=2))
+                                                      pas="off", num_samples=2, methods=["none"]))
     assert cell.num_samples == 2
 
 

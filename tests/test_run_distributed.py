@@ -39,6 +39,7 @@ def test_a_rank_without_seeds_adds_nothing(tmp_path):
     """Three ranks, two samples: rank 2 has no seeds, and the metric (moments summed over ranks)
     is the one process's, so only a cell's total sample count has to pass the plan's check."""
     common = ["--datasets", "gmm2d", "--solvers", "ddim", "--nfe", "4", "--pas", "off",
+              "--methods", "none",
               "--num-samples", "2", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     done = run_cli(*common, "--out", str(tmp_path / "three"),

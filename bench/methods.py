@@ -1,0 +1,284 @@
+"""PAS's peers in the same grid: the method axis (base, PAS, GITS, GITS + PAS).
+
+A method is a list of *fitters* run in order before a cell samples; each takes the cell's
+:class:`Sampling` (its schedule and correction hook) and returns the one to use next:
+
+- ``gits``: searches the solver's schedule (the ``gits`` package) on a Heun teacher over its fine
+  grid; the schedule replaces the cell's named one.
+- ``pas``: fits a PAS correction on the schedule it is given (pas.fit).
+
+So GITS + PAS is PAS fitted on the GITS schedule. A fitter's settings live in the grid's
+``[methods.<fitter>]`` table (PAS: ``[pas]``); a ``[methods.<method>]`` table turns a method on for
+the grid and may narrow it with ``datasets``, ``solvers`` and ``nfe``. Adding a method (AMED) is
+one entry in METHODS and, for a new kind of fit, one entry in FITTERS and FITTER_DEFAULTS.
+
+Cells of ``base`` and ``pas`` hash exactly as before the axis existed (their identity holds no
+method), so older stores still match them; the other methods add ``method`` and their fitters'
+settings to the identity.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import gits
+import pas
+import solvers
+from bench.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.plan import Cell
+
+# Keys of a [methods.<method>] table that choose its cells rather than set a fitter.
+SELECTION_KEYS = ("datasets", "solvers", "nfe")
+# The teacher behind the GITS search (the only one pas.teacher offers).
+GITS_TEACHER = "heun"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the method axis: its fitters, in order, and whether its cells carry PAS settings."""
+
+    name: str
+    label: str
+    description: str
+    fits: tuple[str, ...]
+
+    @property
+    def uses_pas(self) -> bool:
+        return "pas" in self.fits
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("base", "", "the solver on its own schedule", ()),
+    Method("pas", "PAS", "PAS correction on the solver's schedule (pas-spec)", ("pas",)),
+    Method("gits", "GITS", "GITS: the schedule searched by dynamic programming (ICML 2024)",
+           ("gits",)),
+    Method("gits_pas", "GITS + PAS", "PAS fitted on the GITS schedule", ("gits", "pas")),
+]}
+# Methods a grid turns on with a [methods.<name>] table (base and PAS follow `pas`).
+PEERS = tuple(name for name in METHODS if name not in ("base", "pas"))
+FITTER_DEFAULTS: dict[str, dict[str, Any]] = {"gits": gits.DEFAULTS}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a cell samples: its schedule (a name or explicit times), the correction hook, the PAS
+    artifact behind it (for the row's PAS fields) and what the other fitters report, by fitter
+    (the row's ``method_fit``)."""
+
+    schedule: str | torch.Tensor
+    correction: Any = None
+    artifact: Any = None
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def peer_names(names: list[str] | None) -> list[str]:
+    """Checked peer method names (``["none"]``: none)."""
+    names = list(dict.fromkeys(names or []))
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(PEERS)} (or none)")
+    return names
+
+
+def fitter_settings(tables: dict[str, dict[str, Any]], fitter: str) -> dict[str, Any]:
+    """A fitter's settings: its [methods.<fitter>] values over its defaults, type-checked."""
+    defaults = FITTER_DEFAULTS[fitter]
+    chosen = {k: v for k, v in tables.get(fitter, {}).items() if k not in SELECTION_KEYS}
+    for key, value in chosen.items():
+        if key not in defaults:
+            raise UserError(f"[methods.{fitter}] setting {key!r} is unknown; valid: "
+                            f"{', '.join([*SELECTION_KEYS, *sorted(defaults)])}")
+        default = defaults[key]
+        wrong = (isinstance(value, bool) or not isinstance(value, type(default))
+                 and not (isinstance(default, float) and isinstance(value, int)))
+        if wrong:
+            raise UserError(f"[methods.{fitter}] {key} must be a {type(default).__name__}, "
+                            f"got {value!r}")
+    settings = {**defaults, **chosen}
+    _check_gits(settings)
+    return settings
+
+
+def _check_gits(settings: dict[str, Any]) -> None:
+    if settings["metric"] not in gits.METRICS:
+        raise UserError(f"[methods.gits] metric must be one of {', '.join(gits.METRICS)}, "
+                        f"got {settings['metric']!r}")
+    for key, low in (("points", 2), ("warmup", 1)):
+        if settings[key] < low:
+            raise UserError(f"[methods.gits] {key} must be at least {low}, got {settings[key]}")
+    if not (math.isfinite(settings["coeff"]) and settings["coeff"] > 0):
+        raise UserError(f"[methods.gits] coeff must be positive, got {settings['coeff']}")
+
+
+def selected(table: dict[str, Any], dataset: str, solver: str, nfe: int) -> bool:
+    """Whether a [methods.<method>] table's ``datasets``/``solvers``/``nfe`` lists keep a cell."""
+    return all(table.get(key) is None or value in table[key]
+               for key, value in (("datasets", dataset), ("solvers", solver), ("nfe", nfe)))
+
+
+def check_steps(settings: dict[str, Any] | None, steps: int, where: str) -> None:
+    """A GITS path of ``steps`` steps must fit the fine grid (with AFS, its inserted free step
+    is a grid point too)."""
+    if settings and "gits" in settings:
+        points = settings["gits"]["points"]
+        if steps > points - 1:
+            raise UserError(f"{where}: GITS cannot pick {steps} steps from {points} fine-grid "
+                            "points; raise [methods.gits] points")
+
+
+def method_settings(tables: dict[str, dict[str, Any]], method: str) -> dict[str, Any] | None:
+    """The settings of ``method``'s fitters besides PAS (part of its cells' identity)."""
+    fitters = [f for f in METHODS[method].fits if f != "pas"]
+    return {f: fitter_settings(tables, f) for f in fitters} or None
+
+
+# ----- fitting, run by bench.run's Runner --------------------------------------------------------
+def _gits_path(runner: Any, cell: Cell) -> Path:
+    return runner.cache_dir / "gits" / f"{cell.method_key}.json"
+
+
+def gits_teacher_seeds(settings: dict[str, Any]) -> range:
+    """The warm-up seeds: the first of PAS's teacher seeds (fixed; the official code's are not)."""
+    return pas.teacher_seeds(settings["warmup"], validate=False)
+
+
+def gits_request(denoiser: Any, cell: Cell) -> tuple[torch.Tensor, pas.TeacherRequest]:
+    """The fine grid of a GITS cell (the cell's schedule with ``points`` times, as the official
+    code builds it from its schedule flags) and the teacher request of Heun on exactly it."""
+    fine = gits.fine_grid(denoiser, cell.method_settings["gits"]["points"], cell.schedule,
+                          cell.options["rho"])
+    return fine, pas.TeacherRequest(fine, fine)
+
+
+def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
+    """Search the cell's GITS schedule: a stored teacher solve that holds the fine grid (a shared
+    PAS solve or an earlier search's), else one Heun solve on it; then gits.fit."""
+    settings = cell.method_settings["gits"]
+    denoiser = runner.fit_denoiser(cell)
+    dtype = runner.dtype(cell)
+    fine, request = gits_request(denoiser, cell)
+    seeds = gits_teacher_seeds(settings)
+    try:
+        teacher = pas.teacher_states(
+            denoiser, [request], seeds=seeds, teacher=GITS_TEACHER, dtype=dtype,
+            device=runner.device, batch_size=cell.batch_size, cache_dir=runner.cache_dir,
+            progress=runner.progress)
+        latents, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=dtype,
+                                                    device=runner.device,
+                                                    label_dim=denoiser.label_dim)
+        found = gits.fit(
+            denoiser, cell.solver, cell.nfe, teacher.states(fine).to(runner.device), fine,
+            latents=latents, class_labels=labels, metric=settings["metric"],
+            coeff=settings["coeff"], settings=settings, batch_size=cell.batch_size,
+            dataset=cell.dataset, teacher={
+                "solver": GITS_TEACHER, "nfe": teacher.nfe, "grid_points": len(teacher.grid),
+                "seeds": [seeds.start, seeds.stop], "cached": teacher.cached,
+                # The stored solve: <cache>/teacher/<identity hash>/<solve hash> (pas.teacher).
+                "identity": teacher.folder.parent.name, "solve": teacher.folder.name,
+                "generation_seconds": teacher.generation_seconds,
+                "seconds": teacher.seconds},
+            **cell.options)
+    except ValueError as exc:
+        label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
+        raise UserError(f"GITS search for {label}: {exc}") from None
+    return found
+
+
+def gits_artifact(runner: Any, cell: Cell, sync: bool = True) -> gits.GITSArtifact:
+    """The cell's GITS schedule: from the cache, else searched by rank 0. With ``sync`` every rank
+    calls this once per schedule and waits for rank 0 (the result is kept); without it (rank 0
+    alone, before a shared teacher solve) the file is read and nothing is kept, so that every
+    rank still meets the barrier of its own synced call later."""
+    key = ("gits", cell.method_key)
+    if key in runner.fitted:
+        return runner.fitted[key]
+    path = _gits_path(runner, cell)
+    if runner.world.is_main and not path.exists():
+        found = search_gits(runner, cell)
+        found.save(path)
+        runner.log.gits_finished(f"{cell.dataset} {cell.solver} nfe={cell.nfe}", found)
+    if sync:
+        runner.barrier()
+    try:
+        found = gits.GITSArtifact.load(path)
+    except ValueError as exc:
+        raise UserError(f"{exc}; delete {path} to search it again") from None
+    if sync:
+        runner.fitted[key] = found
+    return found
+
+
+def _fit_gits(runner: Any, cell: Cell, sampling: Sampling) -> Sampling:
+    found = gits_artifact(runner, cell)
+    teacher = found.teacher
+    solved = not teacher.get("cached")
+    report = {"times": found.times, "indices": found.indices, "search_s": found.search_seconds,
+              "teacher_s": teacher.get("generation_seconds") if solved else 0.0,
+              # Denoiser calls of this search: the teacher's (unless cached) and its own.
+              "evaluations": found.warmup * (found.evaluations + (teacher["nfe"] if solved else 0))}
+    return replace(sampling, schedule=found.schedule, fits={**sampling.fits, "gits": report})
+
+
+def _fit_pas(runner: Any, cell: Cell, sampling: Sampling) -> Sampling:
+    artifact = runner.artifact(cell, sampling.schedule)
+    return replace(sampling, correction=artifact.correction(), artifact=artifact)
+
+
+FITTERS: dict[str, Callable[[Any, Cell, Sampling], Sampling]] = {
+    "gits": _fit_gits,
+    "pas": _fit_pas,
+}
+
+
+def prepare(runner: Any, cell: Cell) -> Sampling:
+    """Run the cell's method's fitters in order (cached work is loaded, not redone)."""
+    sampling = Sampling(cell.schedule)
+    for fitter in METHODS[cell.method].fits:
+        sampling = FITTERS[fitter](runner, cell, sampling)
+    return sampling
+
+
+def searched_schedules(runner: Any, cells: list[Cell]) -> dict[str, torch.Tensor]:
+    """pas_key -> GITS schedule of the GITS + PAS cells among ``cells`` (searched now if need be,
+    by rank 0 alone), so that their PAS fits can join the shared teacher solve."""
+    return {c.pas_key: gits_artifact(runner, c, sync=False).schedule for c in cells
+            if c.pas and "gits" in METHODS[c.method].fits}
+
+
+# ----- the dry run's count ----------------------------------------------------------------------
+def gits_evaluations(cells: list[Cell], cache_dir: Path, denoiser_for: Callable) -> dict[str, int]:
+    """Denoiser evaluations of the GITS searches ``cells`` still need ({} without GITS cells):
+    the Heun teacher on each fine grid not yet in the cache (2 per step per warm-up seed) and
+    the teacher's directions (one per fine point but the last, per warm-up seed). With AFS the
+    search also samples once per candidate first step; those runs are not counted."""
+    searches = {c.method_key: c for c in cells if "gits" in METHODS[c.method].fits
+                and not (cache_dir / "gits" / f"{c.method_key}.json").exists()}
+    if not any("gits" in METHODS[c.method].fits for c in cells):
+        return {}
+    teachers: dict[tuple, int] = {}
+    search = 0
+    for cell in searches.values():
+        settings = cell.method_settings["gits"]
+        denoiser = denoiser_for(cell.dataset)
+        try:
+            fine, request = gits_request(denoiser, cell)
+        except (ValueError, AttributeError):  # a discrete schedule needs the model itself
+            continue
+        seeds = gits_teacher_seeds(settings)
+        key = (cell.dataset, cell.dtype, cell.precision, settings["warmup"], tuple(fine.tolist()))
+        # A checkpoint's stand-in (not callable) cannot tell which solve its real model made.
+        stored = callable(denoiser) and pas.stored_teacher(
+            denoiser, [request], seeds=seeds, teacher=GITS_TEACHER,
+            dtype=getattr(torch, cell.dtype), cache_dir=cache_dir) is not None
+        teachers[key] = 0 if stored else 2 * (len(fine) - 1) * len(seeds)
+        search += (len(fine) - 1) * len(seeds)
+    return {"gits_teacher": sum(teachers.values()), "gits_search": search}

@@ -1,0 +1,208 @@
+"""The method axis (bench.methods): base, PAS, GITS and GITS + PAS cells in one grid, their rows,
+the report's rows and gains, compare, and stores written before the axis existed."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from run_helpers import assert_same_numbers, by_hash, read_rows, run_cli
+
+import gits
+from bench.compare import main as compare_main
+from bench.errors import UserError
+from bench.grids import parse_grid
+from bench.plan import Overrides, build_plan
+from bench.results import load_rows
+from bench.run import main
+from report.tables import gain_table, metric_table, published_methods, published_table, with_labels
+from tests.store_factory import make_row, write_rows
+
+GRID = """
+[grid]
+datasets = ["gmm2d"]
+solvers = ["ddim", "ipndm"]
+nfe = [4, 5]
+num_samples = 200
+batch_size = 200
+blocks = 4
+[pas]
+trajectories = 100
+epochs = 20
+[methods.gits]
+warmup = 32
+points = 21
+[methods.gits_pas]
+solvers = ["ipndm"]
+nfe = [5]
+"""
+
+
+def _grid(text: str = GRID):
+    import tomllib
+
+    return parse_grid(tomllib.loads(text), "test.toml", "test")
+
+
+def _without_methods(text: str) -> str:
+    return text.split("[methods.gits]")[0]
+
+
+def test_peers_join_the_plan_and_base_and_pas_keep_their_hashes():
+    cells = build_plan(_grid())
+    axis = [(c.solver, c.nfe, c.method) for c in cells]
+    assert axis == [("ddim", 4, "base"), ("ddim", 4, "pas"), ("ddim", 4, "gits"),
+                    ("ddim", 5, "base"), ("ddim", 5, "pas"), ("ddim", 5, "gits"),
+                    ("ipndm", 4, "base"), ("ipndm", 4, "pas"), ("ipndm", 4, "gits"),
+                    ("ipndm", 5, "base"), ("ipndm", 5, "pas"), ("ipndm", 5, "gits"),
+                    ("ipndm", 5, "gits_pas")]
+    plain = build_plan(_grid(_without_methods(GRID)))
+    assert {c.config_hash for c in plain} == {c.config_hash for c in cells
+                                              if c.method in ("base", "pas")}
+    assert {c.pas_key for c in plain if c.pas} == {c.pas_key for c in cells if c.method == "pas"}
+    by = {(c.solver, c.nfe, c.method): c for c in cells}
+    gits_cell, both = by[("ipndm", 5, "gits")], by[("ipndm", 5, "gits_pas")]
+    # One GITS schedule serves both; the PAS fit on it is not the plain PAS fit.
+    assert gits_cell.method_key == both.method_key and gits_cell.method_key is not None
+    assert both.pas and not gits_cell.pas and both.pas_key != by[("ipndm", 5, "pas")].pas_key
+    assert gits_cell.method_settings == {"gits": {**gits.DEFAULTS, "warmup": 32, "points": 21}}
+    assert len({c.config_hash for c in cells}) == len(cells)
+
+
+def test_methods_override_and_bad_method_tables():
+    assert {c.method for c in build_plan(_grid(), Overrides(methods=["none"]))} == {"base", "pas"}
+    assert {c.method for c in build_plan(_grid(), Overrides(methods=["gits"], pas="off"))} == {
+        "base", "gits"}
+    for text, needle in [
+        (GRID + "[methods.amed_x]\n", "names no method"),
+        (GRID.replace("warmup = 32", "warmup = 0"), "warmup must be at least 1"),
+        (GRID.replace("warmup = 32", "metric = 'l3'"), "metric must be one of"),
+        (GRID.replace("warmup = 32", "coef = 1.1"), "setting 'coef' is unknown"),
+        (GRID.replace("warmup = 32", "coeff = '1.1'"), "coeff must be a float"),
+        (GRID.replace("points = 21", "points = 5"), "cannot pick 5 steps from 5 fine-grid points"),
+    ]:
+        with pytest.raises(UserError, match=needle):
+            build_plan(_grid(text))
+    with pytest.raises(UserError, match="unknown method 'gist'"):
+        build_plan(_grid(), Overrides(methods=["gist"]))
+    with pytest.raises(UserError, match="PAS cannot correct heun"):
+        build_plan(_grid(GRID.replace('solvers = ["ipndm"]\nnfe = [5]', 'solvers = ["heun"]')),
+                   Overrides(solvers=["ddim", "heun"], nfe=[4], pas="off"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One small run of the grid: 13 cells on gmm2d."""
+    root = tmp_path_factory.mktemp("methods")
+    grid = root / "grid.toml"
+    grid.write_text(GRID)
+    argv = ["--grid", str(grid), "--out", str(root / "out"), "--cache-dir", str(root / "cache"),
+            "--quiet"]
+    assert main(argv) == 0
+    return root
+
+
+def test_run_stores_the_method_and_the_searched_schedule(store):
+    rows = [json.loads(line) for path in (store / "out").glob("*.jsonl")
+            for line in path.read_text().splitlines()]
+    assert [r["method"] for r in rows].count("gits") == 4
+    searched = {(r["solver"], r["nfe"]): r for r in rows if r["method"] == "gits"}
+    both = next(r for r in rows if r["method"] == "gits_pas")
+    times = searched[("ipndm", 5)]["method_fit"]["gits"]["times"]
+    # GITS + PAS samples and fits on the GITS schedule of the same solver and NFE.
+    assert both["method_fit"]["gits"]["times"] == times and both["pas_params"] is not None
+    assert len(times) == 6 and times[0] == 80.0 and times[-1] == 0.002
+    for row in searched.values():
+        fit = row["method_fit"]["gits"]
+        assert fit["indices"][0] == 0 and fit["indices"][-1] == 20
+        assert row["pas_params"] is None and row["method_settings"]["gits"]["warmup"] == 32
+    # Four searches, one teacher solve on the 21-point grid (32 seeds x 40 NFE) shared by all.
+    artifacts = [gits.GITSArtifact.load(p) for p in (store / "cache" / "gits").glob("*.json")]
+    assert len(artifacts) == 4
+    assert sum(not a.teacher["cached"] for a in artifacts) == 1
+    assert {a.teacher["nfe"] for a in artifacts} == {40}
+    assert all(a.evaluations == 20 and a.warmup == 32 for a in artifacts)
+    # Rerunning skips every stored cell.
+    assert main(["--grid", str(store / "grid.toml"), "--out", str(store / "out"), "--cache-dir",
+                 str(store / "cache"), "--quiet"]) == 0
+    assert len(list((store / "out").glob("*.jsonl"))) == 1
+
+
+def test_dry_run_counts_the_gits_search(store, capsys):
+    fresh = store / "fresh-cache"
+    assert main(["--grid", str(store / "grid.toml"), "--out", str(store / "dry"),
+                 "--cache-dir", str(fresh), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # One 21-point Heun teacher for 32 warm-up seeds; 20 directions per seed per search.
+    assert "gits_teacher 1,280" in text and f"gits_search {4 * 20 * 32:,}" in text
+    assert not fresh.exists()
+
+
+def test_report_rows_and_gains_of_every_method(store):
+    cells = with_labels(load_rows([store / "out"]).pipe(lambda f: f.assign(
+        created_at=pd.to_datetime(f["created_at"], utc=True))))
+    table = metric_table(cells)
+    assert list(table.text.index) == ["DDIM", "DDIM + PAS", "DDIM + GITS", "iPNDM", "iPNDM + PAS",
+                                      "iPNDM + GITS", "iPNDM + GITS + PAS"]
+    gains = gain_table(cells)
+    assert list(gains.text.index) == ["DDIM + PAS", "DDIM + GITS", "iPNDM + PAS", "iPNDM + GITS",
+                                      "iPNDM + GITS + PAS"]
+    by = cells.set_index(["method", "nfe"])["value"]
+    expected = (by[("iPNDM", 5)] - by[("iPNDM + GITS", 5)]) / by[("iPNDM", 5)]
+    assert gains.text.at["iPNDM + GITS", "5"].startswith(f"{100 * expected:+.1f}% ± ")
+
+
+def test_old_stores_without_the_axis_load_compare_and_report(tmp_path, capsys):
+    old = [make_row("gmm2d", "ddim", 4, pas) for pas in (False, True)]
+    write_rows(tmp_path / "old" / "run.jsonl", old)
+    assert list(load_rows([tmp_path / "old"])["method"]) == ["base", "pas"]
+    new = [{**row, "method": "pas" if row["pas"] else "base", "method_settings": None,
+            "method_fit": None} for row in old]
+    write_rows(tmp_path / "new" / "run.jsonl", new)
+    assert compare_main([str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    assert capsys.readouterr().out.startswith("2 cells matched, 0 changed")
+    labelled = with_labels(pd.DataFrame(old).assign(created_at=pd.Timestamp(0, tz="UTC")))
+    assert list(labelled["method"]) == ["DDIM", "DDIM + PAS"]
+
+
+def test_published_accelerator_figures_beside_measured():
+    rows = [make_row("cifar10", "ipndm", 5, False, metric="fid", value=13.0),
+            make_row("cifar10", "ipndm", 5, False, metric="fid", value=8.0, method="gits",
+                     config_hash="g")]
+    cells = with_labels(pd.DataFrame(rows).assign(created_at=pd.Timestamp(0, tz="UTC")))
+    # The schema and two rows of shared/data/published_fid_accelerators.csv.
+    accelerators = pd.read_csv(io.StringIO(
+        "dataset,base_solver,method,nfe,fid,source\n"
+        "cifar10,ipndm,base,5,13.59,GITS README\ncifar10,ipndm,gits,5,8.38,GITS README\n"
+        "cifar10,ipndm,amed_plugin,5,6.61,AMED README\n"))
+    solvers_csv = pd.DataFrame({"dataset": ["cifar10"], "solver": ["ipndm"], "pas": ["false"],
+                                "nfe": [5], "fid": [13.59], "source": ["README"]})
+    published = pd.concat([published_methods(solvers_csv), published_methods(accelerators)])
+    table = published_table(cells, published)
+    assert list(table.text.index) == ["iPNDM", "iPNDM + GITS"]
+    assert list(table.text["Published"]) == ["13.59", "8.38"]
+    assert list(table.text["Difference"]) == ["-0.59", "-0.38"]
+
+
+@pytest.mark.invariance
+def test_two_gloo_ranks_search_once_and_match_one_process(tmp_path):
+    """GITS and GITS + PAS under torchrun: rank 0 searches (also inside the shared teacher's set-up,
+    where rank 1 is not waiting) and fits, both ranks meet at every barrier, the numbers are the
+    one process's."""
+    grid = tmp_path / "grid.toml"
+    text = GRID.replace("blocks = 4", "blocks = 4\ndtype = \"float64\"")
+    grid.write_text(text.replace('solvers = ["ddim", "ipndm"]\nnfe = [4, 5]',
+                                 'solvers = ["ipndm"]\nnfe = [5]'))
+    common = ["--grid", str(grid), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    done = run_cli(*common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2"),
+                   module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bench.run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = by_hash(read_rows(tmp_path / "one")), by_hash(read_rows(tmp_path / "two"))
+    assert sorted(row["method"] for row in two.values()) == ["base", "gits", "gits_pas", "pas"]
+    for key, row in one.items():
+        fit = row.pop("method_fit")
+        got = two[key].pop("method_fit")
+        assert (fit and fit["gits"]["times"]) == (got and got["gits"]["times"])
+    assert_same_numbers(two, one)
