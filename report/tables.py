@@ -207,8 +207,30 @@ SETTING_ROWS = {
 }
 
 
+# Settings that act only under another setting's value (the controlling row's label and the
+# values it must show): hidden where they do not act, so the table shows the settings in effect.
+# Rows without the controlling setting (older stores) keep them.
+CONDITIONAL_SETTINGS = {
+    "rho": ("schedule", ("polynomial", "time_uniform", "discrete")),  # logsnr ignores it
+    "PAS lr": ("PAS optimizer", ("adam",)),
+    "PAS epochs": ("PAS optimizer", ("adam",)),
+    "PAS early_stop": ("PAS optimizer", ("adam",)),
+    "PAS holdout": ("PAS validate", ("True",)),
+}
+
+
+def _in_effect(settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` without those whose controlling setting switches them off."""
+    def acts(name: str) -> bool:
+        control, values = CONDITIONAL_SETTINGS.get(name, (None, ()))
+        return control not in settings or settings[control] in values
+
+    return {name: value for name, value in settings.items() if acts(name)}
+
+
 def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
-    """One family's settings, one entry per setting: row fields, solver options, PAS settings."""
+    """One family's settings in effect, one entry per setting: row fields, solver options, PAS
+    settings."""
     first = cells.iloc[0]
     settings = {label: _canonical(first[field]) for field, label in SETTING_ROWS.items() if field in first}
     conditioning = first.get("conditioning")
@@ -225,7 +247,7 @@ def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
     fitted = [v for v in cells.get("pas_settings", []) if isinstance(v, dict)]
     if fitted:
         settings |= {f"PAS {name}": _canonical(v) for name, v in sorted(fitted[0].items())}
-    return settings
+    return _in_effect(settings)
 
 
 def settings_table(cells: pd.DataFrame) -> Table:
