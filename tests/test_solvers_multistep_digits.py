@@ -7,6 +7,7 @@ component until the NFE resolves it (an error near 0.3 that does not shrink with
 over seeds is dominated by them and gives meaningless slopes, the median is not.
 """
 
+import itertools
 import math
 
 import pytest
@@ -51,7 +52,7 @@ def test_multistep_convergence_on_digits(digits, schedule):
     cross t ~ 0.05 (the components' std, where d bends) are as long as t itself."""
     for solver, options in MULTISTEP:
         errors = [median_error(digits, solver, nfe, schedule, options) for nfe in (20, 40, 80)]
-        early, late = (math.log2(a / b) for a, b in zip(errors, errors[1:]))
+        early, late = (math.log2(a / b) for a, b in itertools.pairwise(errors))
         assert early > 1.25 and late > 2.4, (solver, options, errors)
 
 
