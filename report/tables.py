@@ -177,14 +177,48 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
                       else [None, None])
             gains.at[method, nfe] = paired_gain(base.at[method, nfe], fitted.at[method, nfe], *blocks)
     gains = gains.dropna(how="all").dropna(axis=1, how="all")
-    text = gains.map(_format_gain)
+    text = _beside_teacher_gains(gains, cells)
     bold = gains.map(lambda g: bool(g is not None and g.significant))
     return Table(text=_str_columns(text), bold=_str_columns(bold))
 
 
+# Marks a PAS-gain cell whose FD change is significant and opposite in sign to the held-out
+# teacher-distance gain (the yardstick PAS's gate optimises).
+DISAGREE_MARK = "≠"
+
+
+def yardsticks_disagree(gain: Gain | None, teacher_gain: float | None) -> bool:
+    """True when the FD gain is significant and its sign is opposite to the teacher gain's."""
+    if gain is None or not gain.significant or teacher_gain is None or pd.isna(teacher_gain):
+        return False
+    return gain.value * teacher_gain < 0
+
+
+def _beside_teacher_gains(gains: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Each gain's text, followed by the PAS row's held-out teacher-distance gain
+    (``pas_holdout_gain``) where rows carry one, and DISAGREE_MARK where the two disagree."""
+    text = gains.map(_format_gain)
+    if "pas_holdout_gain" not in cells or cells["pas_holdout_gain"].isna().all():
+        return text
+    fitted = cells[cells["pas"]]
+    teacher = _pivot(fitted, "pas_holdout_gain").reindex(index=gains.index, columns=gains.columns)
+    for method in gains.index:
+        for nfe in gains.columns:
+            gain, held = gains.at[method, nfe], teacher.at[method, nfe]
+            if gain is None or pd.isna(held):
+                continue
+            mark = f" {DISAGREE_MARK}" if yardsticks_disagree(gain, held) else ""
+            text.at[method, nfe] += f"; teacher {100 * held:+.1f}%{mark}"
+    return text
+
+
 GAIN_NOTE = (f"(base - PAS) / base; positive means PAS is better. ± one standard error, jackknife "
              f"over the seed blocks the base and PAS cells share (paired). Bold: significant, the "
-             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not.")
+             f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not. "
+             "teacher: the held-out gain PAS's gate judged, the relative drop of the final-state "
+             "distance to the teacher on seeds the fit never saw. "
+             f"{DISAGREE_MARK}: the two disagree in sign and the metric's change is significant "
+             "(typically: samples move toward the teacher while their distribution gets worse).")
 
 
 def time_table(cells: pd.DataFrame) -> Table:
@@ -329,7 +363,7 @@ def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (no float environment), ready for ``\\input``; text is LaTeX-escaped."""
     spec = "".join(a[0] for a in table.alignments())
     latex = _styler(table, "textbf:--rwrap;", "latex").to_latex(hrules=True, column_format=spec)
-    return latex.replace("±", r"$\pm$")
+    return latex.replace("±", r"$\pm$").replace(DISAGREE_MARK, r"$\neq$")
 
 
 def to_html(table: Table, table_id: str) -> str:
