@@ -138,10 +138,17 @@ def _dataset_spec(name: str) -> DatasetSpec:
         raise UserError(str(exc)) from None
 
 
+def grid_solver(grid: Grid, entry: str) -> str:
+    """The registry solver behind a grid's solver entry: the entry's own name, or the ``solver``
+    key of its [solver_options.<entry>] table (a second setting of the same solver)."""
+    return grid.solver_options.get(entry, {}).get("solver", entry)
+
+
 def resolve_solver(solver: str, spec: DatasetSpec, grid: Grid) -> tuple[str, dict[str, Any]]:
-    """The schedule name and complete option dict a solver runs with on a dataset."""
-    described = _solver_spec(solver)
+    """The schedule name and complete option dict a solver entry runs with on a dataset."""
+    described = _solver_spec(grid_solver(grid, solver))
     chosen = dict(grid.solver_options.get(solver, {}))
+    chosen.pop("solver", None)
     schedule = chosen.pop("schedule", described.default_schedule)
     if schedule not in schedule_names():
         raise UserError(f"[solver_options.{solver}] schedule {schedule!r} is unknown; choose from: "
@@ -299,9 +306,9 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     specs = [_dataset_spec(name) for name in datasets]
     _check_checkpoint_overrides(specs, overrides)
     for name in [*grid.solver_options, *solvers]:
-        _solver_spec(name)
+        _solver_spec(grid_solver(grid, name))
     for name in solvers if True in pas_flags else []:
-        if _solver_spec(name).stages != 1:
+        if _solver_spec(grid_solver(grid, name)).stages != 1:
             raise UserError(f"PAS cannot correct {name}: it spends several NFE per step; "
                             "use --pas off or a one-evaluation-per-step solver")
     defaults = pas_defaults()
@@ -318,8 +325,9 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         blocks = (overrides.blocks or grid.dataset_overrides.get(spec.name, {}).get("blocks")
                   or grid.blocks)
         nfes = list(dict.fromkeys(overrides.nfe or local_nfe or grid.nfe))
-        for solver in solvers:
-            schedule, options = resolve_solver(solver, spec, grid)
+        for entry in solvers:
+            schedule, options = resolve_solver(entry, spec, grid)
+            solver = grid_solver(grid, entry)
             for nfe in dict.fromkeys(nfes):
                 steps = _steps(solver, nfe, options)
                 for use_pas in pas_flags:
