@@ -241,11 +241,12 @@ SETTING_ROWS = {
 }
 
 
-# Settings that act only under another setting's value (the controlling row's label and the
-# values it must show): hidden where they do not act, so the table shows the settings in effect.
-# Rows without the controlling setting (older stores) keep them.
+# Settings that act only under another setting's value (the controlling setting's label, or a
+# row field, and the values it must show): hidden where they do not act, so the table shows the
+# settings in effect. Rows without the controlling setting (older stores) keep them.
 CONDITIONAL_SETTINGS = {
     "rho": ("schedule", ("polynomial", "time_uniform", "discrete")),  # logsnr ignores it
+    "precision": ("metric", ("fid",)),  # FD rows are the analytic datasets: no network
     "PAS lr": ("PAS optimizer", ("adam",)),
     "PAS epochs": ("PAS optimizer", ("adam",)),
     "PAS early_stop": ("PAS optimizer", ("adam",)),
@@ -253,11 +254,12 @@ CONDITIONAL_SETTINGS = {
 }
 
 
-def _in_effect(settings: dict[str, str]) -> dict[str, str]:
-    """``settings`` without those whose controlling setting switches them off."""
+def _in_effect(settings: dict[str, str], row: pd.Series) -> dict[str, str]:
+    """``settings`` without those whose controlling setting (or ``row`` field) switches them off."""
     def acts(name: str) -> bool:
         control, values = CONDITIONAL_SETTINGS.get(name, (None, ()))
-        return control not in settings or settings[control] in values
+        shown = settings.get(control, _canonical(row[control]) if control in row else None)
+        return shown is None or shown in values
 
     return {name: value for name, value in settings.items() if acts(name)}
 
@@ -281,7 +283,7 @@ def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
     fitted = [v for v in cells.get("pas_settings", []) if isinstance(v, dict)]
     if fitted:
         settings |= {f"PAS {name}": _canonical(v) for name, v in sorted(fitted[0].items())}
-    return _in_effect(settings)
+    return _in_effect(settings, first)
 
 
 def settings_table(cells: pd.DataFrame) -> Table:

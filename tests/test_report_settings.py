@@ -1,5 +1,5 @@
 """The report's settings table shows the settings in effect: Adam's knobs only for Adam fits, the
-held-out share only with the gate, rho only on schedules that use it."""
+held-out share only with the gate, rho only on schedules that use it, precision only for networks."""
 from __future__ import annotations
 
 import pandas as pd
@@ -38,3 +38,9 @@ def test_holdout_only_with_the_gate_and_rho_only_where_the_schedule_uses_it():
     rows = (pair("ddim", PAS, options={"rho": 7.0})
             + pair("ipndm", PAS, schedule="logsnr", options={"rho": 7.0, "order": 3}))
     assert settings(rows)["rho"] == ["7", ""]
+
+
+def test_precision_only_where_a_network_runs():
+    assert "precision" not in settings(pair("ddim", PAS))  # FD: an analytic dataset
+    fid = settings(pair("ddim", PAS, metric="fid", precision="fp16"))
+    assert fid["precision"] == ["fp16"]
