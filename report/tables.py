@@ -145,8 +145,8 @@ def metric_table(cells: pd.DataFrame, column: str = "value", higher_is_better: b
 
 def _format_gain(gain: Gain | None) -> str:
     """``+4.6% ± 2.1%`` (shown bold when significant), ``+1.2% ± 2.1% (n.s.)`` when not,
-    ``+4.6%`` without blocks, blank without a pair."""
-    if gain is None:
+    ``+4.6%`` without blocks, blank without a pair (None, or the frame's NaN filler)."""
+    if not isinstance(gain, Gain):
         return ""
     if gain.se is None:
         return f"{100 * gain.value:+.1f}%"
@@ -178,7 +178,7 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
             gains.at[method, nfe] = paired_gain(base.at[method, nfe], fitted.at[method, nfe], *blocks)
     gains = gains.dropna(how="all").dropna(axis=1, how="all")
     text = _beside_teacher_gains(gains, cells)
-    bold = gains.map(lambda g: bool(g is not None and g.significant))
+    bold = gains.map(lambda g: bool(isinstance(g, Gain) and g.significant))
     return Table(text=_str_columns(text), bold=_str_columns(bold))
 
 
@@ -189,7 +189,7 @@ DISAGREE_MARK = "≠"
 
 def yardsticks_disagree(gain: Gain | None, teacher_gain: float | None) -> bool:
     """True when the FD gain is significant and its sign is opposite to the teacher gain's."""
-    if gain is None or not gain.significant or teacher_gain is None or pd.isna(teacher_gain):
+    if not isinstance(gain, Gain) or not gain.significant or pd.isna(teacher_gain):
         return False
     return gain.value * teacher_gain < 0
 
@@ -205,7 +205,7 @@ def _beside_teacher_gains(gains: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFr
     for method in gains.index:
         for nfe in gains.columns:
             gain, held = gains.at[method, nfe], teacher.at[method, nfe]
-            if gain is None or pd.isna(held):
+            if not isinstance(gain, Gain) or pd.isna(held):
                 continue
             mark = f" {DISAGREE_MARK}" if yardsticks_disagree(gain, held) else ""
             text.at[method, nfe] += f"; teacher {100 * held:+.1f}%{mark}"

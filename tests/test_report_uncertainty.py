@@ -133,3 +133,12 @@ def test_no_mark_where_signs_agree_or_the_fd_change_is_not_significant():
     assert not yardsticks_disagree(Gain(-0.2, 0.3, False), 0.1)  # n.s.
     assert yardsticks_disagree(Gain(-0.2, 0.01, True), 0.1)
     assert not yardsticks_disagree(Gain(-0.2, 0.01, True), None)
+
+
+def test_a_base_cell_without_its_pas_cell_leaves_a_blank_gain():
+    """A store still being filled: iPNDM at NFE 6 has its base cell only."""
+    keys = [(s, n, p) for s in ("ddim", "ipndm") for n in (4, 6) for p in (False, True)]
+    rows = [make_row("gmm2d", *key) for key in keys if key != ("ipndm", 6, True)]
+    gain = gain_table(with_labels(pd.DataFrame(rows)))
+    assert gain.text.loc["iPNDM + PAS", "6"] == "" and not gain.bold.loc["iPNDM + PAS", "6"]
+    assert gain.text.loc["DDIM + PAS", "6"] == "+50.0%"
