@@ -182,13 +182,13 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
     return Table(text=_str_columns(text), bold=_str_columns(bold))
 
 
-# Marks a PAS-gain cell whose FD change is significant and opposite in sign to the held-out
-# teacher-distance gain (the yardstick PAS's gate optimises).
+# Marks a PAS-gain cell whose metric change (FD or FID) is significant and opposite in sign to
+# the held-out teacher-distance gain (the yardstick PAS fits and its gate judges).
 DISAGREE_MARK = "≠"
 
 
 def yardsticks_disagree(gain: Gain | None, teacher_gain: float | None) -> bool:
-    """True when the FD gain is significant and its sign is opposite to the teacher gain's."""
+    """True when the metric's gain is significant and its sign is opposite to the teacher gain's."""
     if not isinstance(gain, Gain) or not gain.significant or pd.isna(teacher_gain):
         return False
     return gain.value * teacher_gain < 0
@@ -215,8 +215,9 @@ def _beside_teacher_gains(gains: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFr
 GAIN_NOTE = (f"(base - PAS) / base; positive means PAS is better. ± one standard error, jackknife "
              f"over the seed blocks the base and PAS cells share (paired). Bold: significant, the "
              f"{LEVEL:.0%} t interval (K - 1 degrees of freedom) excludes 0; (n.s.): it does not. "
-             "teacher: the held-out gain PAS's gate judged, the relative drop of the final-state "
-             "distance to the teacher on seeds the fit never saw. "
+             "teacher: the held-out gain PAS's gate judged, the relative drop of the fit's loss "
+             "(the final state's distance to the teacher, L1 by default) on seeds the fit never "
+             "saw. "
              f"{DISAGREE_MARK}: the two disagree in sign and the metric's change is significant "
              "(typically: samples move toward the teacher while their distribution gets worse).")
 
