@@ -74,11 +74,24 @@ def _canonical(value: object) -> str:
     return str(value)
 
 
+def _split_dicts(group: pd.DataFrame, text: pd.DataFrame) -> pd.DataFrame:
+    """``text`` with each dict-valued field (options, pas_settings) split into one column per key,
+    so a label names the key that differs (order=3), not the whole dict; keys that are row fields
+    too are left to those."""
+    for name in [f for f in text.columns if group[f].map(lambda v: isinstance(v, dict)).any()]:
+        values = group[name].map(lambda v: v if isinstance(v, dict) else {})
+        split = pd.DataFrame(list(values), index=group.index)
+        split = split.drop(columns=[c for c in split.columns if c in text.columns]).map(_canonical)
+        text = pd.concat([text.drop(columns=name), split], axis=1)
+    return text
+
+
 def _varying_suffix(group: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
     """Per row, ``" (field=value, ...)"`` for the fields whose value differs within ``group``."""
     present = [f for f in fields if f in group]
     text = group[present].map(_canonical) if present else group[[]]
-    varying = [f for f in present if text[f].nunique() > 1]
+    text = _split_dicts(group, text)
+    varying = [f for f in text.columns if text[f].nunique() > 1]
     if not varying:
         return pd.Series("", index=group.index)
     return text[varying].apply(lambda r: " (" + ", ".join(f"{f}={r[f]}" for f in varying) + ")", axis=1)
