@@ -25,6 +25,9 @@ Schema (every table and key below is optional unless marked required; unknown ke
                                           #   denoise_to_zero, lower_order_final, variant,
                                           #   thresholding); dpmpp/unipc thresholding defaults
                                           #   to the dataset's `thresholding`
+    [solver_options.ipndm3]               # a second setting of one solver: list "ipndm3" in
+    solver = "ipndm"                      #   `solvers`; its cells run ipndm with these options
+    order = 3                             #   (rows and reports show solver "ipndm", order 3)
 
     [pas]                                 # keyword settings of pas.fit, e.g.
     trajectories = 1000                   #   teacher trajectories fitted on
@@ -180,6 +183,8 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
     solver_options = check.table(data.get("solver_options", {}), "[solver_options]")
     for solver, options in solver_options.items():
         check.table(options, f"[solver_options.{solver}]")
+        if not isinstance(options.get("solver", ""), str):
+            raise check.fail(f"[solver_options.{solver}] solver must be a solver name")
     overrides = check.table(data.get("datasets", {}), "[datasets]")
     for name, table in overrides.items():
         check.table(table, f"[datasets.{name}]", _DATASET_KEYS)

@@ -145,10 +145,17 @@ def _dataset_spec(name: str) -> DatasetSpec:
         raise UserError(str(exc)) from None
 
 
+def grid_solver(grid: Grid, entry: str) -> str:
+    """The registry solver behind a grid's solver entry: the entry's own name, or the ``solver``
+    key of its [solver_options.<entry>] table (a second setting of the same solver)."""
+    return grid.solver_options.get(entry, {}).get("solver", entry)
+
+
 def resolve_solver(solver: str, spec: DatasetSpec, grid: Grid) -> tuple[str, dict[str, Any]]:
-    """The schedule name and complete option dict a solver runs with on a dataset."""
-    described = _solver_spec(solver)
+    """The schedule name and complete option dict a solver entry runs with on a dataset."""
+    described = _solver_spec(grid_solver(grid, solver))
     chosen = dict(grid.solver_options.get(solver, {}))
+    chosen.pop("solver", None)
     schedule = chosen.pop("schedule", described.default_schedule)
     if schedule not in schedule_names():
         raise UserError(f"[solver_options.{solver}] schedule {schedule!r} is unknown; choose from: "
@@ -306,9 +313,9 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     specs = [_dataset_spec(name) for name in datasets]
     _check_checkpoint_overrides(specs, overrides)
     for name in [*grid.solver_options, *solvers]:
-        _solver_spec(name)
+        _solver_spec(grid_solver(grid, name))
     for name in solvers if True in pas_flags else []:
-        _check_pas_solver(name, "pas")
+        _check_pas_solver(grid_solver(grid, name), "pas")
     peers = _peers(grid, overrides)
     uses_pas = True in pas_flags or any(methods.METHODS[name].uses_pas for name in peers)
     defaults = pas_defaults()
@@ -325,13 +332,14 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         blocks = (overrides.blocks or grid.dataset_overrides.get(spec.name, {}).get("blocks")
                   or grid.blocks)
         nfes = list(dict.fromkeys(overrides.nfe or local_nfe or grid.nfe))
-        for solver in solvers:
-            schedule, options = resolve_solver(solver, spec, grid)
+        for entry in solvers:
+            schedule, options = resolve_solver(entry, spec, grid)
+            solver = grid_solver(grid, entry)
             for nfe in dict.fromkeys(nfes):
                 steps = _steps(solver, nfe, options)
                 axis = [("pas" if use_pas else "base") for use_pas in pas_flags]
                 axis += [name for name in peers
-                         if methods.selected(grid.methods.get(name, {}), spec.name, solver, nfe)]
+                         if methods.selected(grid.methods.get(name, {}), spec.name, entry, nfe)]
                 for method in axis:
                     use_pas = methods.METHODS[method].uses_pas
                     _check_pas_solver(solver, method)

@@ -80,11 +80,24 @@ def _canonical(value: object) -> str:
     return str(value)
 
 
+def _split_dicts(group: pd.DataFrame, text: pd.DataFrame) -> pd.DataFrame:
+    """``text`` with each dict-valued field (options, pas_settings) split into one column per key,
+    so a label names the key that differs (order=3), not the whole dict; keys that are row fields
+    too are left to those."""
+    for name in [f for f in text.columns if group[f].map(lambda v: isinstance(v, dict)).any()]:
+        values = group[name].map(lambda v: v if isinstance(v, dict) else {})
+        split = pd.DataFrame(list(values), index=group.index)
+        split = split.drop(columns=[c for c in split.columns if c in text.columns]).map(_canonical)
+        text = pd.concat([text.drop(columns=name), split], axis=1)
+    return text
+
+
 def _varying_suffix(group: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
     """Per row, ``" (field=value, ...)"`` for the fields whose value differs within ``group``."""
     present = [f for f in fields if f in group]
     text = group[present].map(_canonical) if present else group[[]]
-    varying = [f for f in present if text[f].nunique() > 1]
+    text = _split_dicts(group, text)
+    varying = [f for f in text.columns if text[f].nunique() > 1]
     if not varying:
         return pd.Series("", index=group.index)
     return text[varying].apply(lambda r: " (" + ", ".join(f"{f}={r[f]}" for f in varying) + ")", axis=1)
@@ -201,15 +214,50 @@ def gain_table(cells: pd.DataFrame) -> Table | None:
                       else [None, None])
             gains.at[method, nfe] = paired_gain(base.at[method, nfe], fitted.at[method, nfe], *blocks)
     gains = gains.dropna(how="all").dropna(axis=1, how="all")
-    text = gains.map(_format_gain)
+    text = _beside_teacher_gains(gains, cells)
     bold = gains.map(lambda g: bool(isinstance(g, Gain) and g.significant))
     return Table(text=_str_columns(text), bold=_str_columns(bold))
+
+
+# Marks a PAS-gain cell whose metric change (FD or FID) is significant and opposite in sign to
+# the held-out teacher-distance gain (the yardstick PAS fits and its gate judges).
+DISAGREE_MARK = "≠"
+
+
+def yardsticks_disagree(gain: Gain | None, teacher_gain: float | None) -> bool:
+    """True when the metric's gain is significant and its sign is opposite to the teacher gain's."""
+    if not isinstance(gain, Gain) or not gain.significant or pd.isna(teacher_gain):
+        return False
+    return gain.value * teacher_gain < 0
+
+
+def _beside_teacher_gains(gains: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Each gain's text, followed by the PAS row's held-out teacher-distance gain
+    (``pas_holdout_gain``) where rows carry one, and DISAGREE_MARK where the two disagree."""
+    text = gains.map(_format_gain)
+    if "pas_holdout_gain" not in cells or cells["pas_holdout_gain"].isna().all():
+        return text
+    fitted = cells[cells["pas"]]
+    teacher = _pivot(fitted, "pas_holdout_gain").reindex(index=gains.index, columns=gains.columns)
+    for method in gains.index:
+        for nfe in gains.columns:
+            gain, held = gains.at[method, nfe], teacher.at[method, nfe]
+            if not isinstance(gain, Gain) or pd.isna(held):
+                continue
+            mark = f" {DISAGREE_MARK}" if yardsticks_disagree(gain, held) else ""
+            text.at[method, nfe] += f"; teacher {100 * held:+.1f}%{mark}"
+    return text
 
 
 GAIN_NOTE = (f"(base - method) / base; positive means the method (PAS, GITS, ...) is better. "
              f"± one standard error, jackknife over the seed blocks the base and method cells "
              f"share (paired). Bold: significant, the {LEVEL:.0%} t interval (K - 1 degrees of "
-             f"freedom) excludes 0; (n.s.): it does not.")
+             f"freedom) excludes 0; (n.s.): it does not. "
+             "teacher (PAS rows): the held-out gain PAS's gate judged, the relative drop of the "
+             "fit's loss (the final state's distance to the teacher, L1 by default) on seeds the "
+             "fit never saw. "
+             f"{DISAGREE_MARK}: the two disagree in sign and the metric's change is significant "
+             "(typically: samples move toward the teacher while their distribution gets worse).")
 
 
 def time_table(cells: pd.DataFrame) -> Table:
@@ -232,8 +280,32 @@ SETTING_ROWS = {
 }
 
 
+# Settings that act only under another setting's value (the controlling setting's label, or a
+# row field, and the values it must show): hidden where they do not act, so the table shows the
+# settings in effect. Rows without the controlling setting (older stores) keep them.
+CONDITIONAL_SETTINGS = {
+    "rho": ("schedule", ("polynomial", "time_uniform", "discrete")),  # logsnr ignores it
+    "precision": ("metric", ("fid",)),  # FD rows are the analytic datasets: no network
+    "PAS lr": ("PAS optimizer", ("adam",)),
+    "PAS epochs": ("PAS optimizer", ("adam",)),
+    "PAS early_stop": ("PAS optimizer", ("adam",)),
+    "PAS holdout": ("PAS validate", ("True",)),
+}
+
+
+def _in_effect(settings: dict[str, str], row: pd.Series) -> dict[str, str]:
+    """``settings`` without those whose controlling setting (or ``row`` field) switches them off."""
+    def acts(name: str) -> bool:
+        control, values = CONDITIONAL_SETTINGS.get(name, (None, ()))
+        shown = settings.get(control, _canonical(row[control]) if control in row else None)
+        return shown is None or shown in values
+
+    return {name: value for name, value in settings.items() if acts(name)}
+
+
 def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
-    """One family's settings, one entry per setting: row fields, solver options, PAS settings."""
+    """One family's settings in effect, one entry per setting: row fields, solver options, PAS
+    settings."""
     first = cells.iloc[0]
     settings = {label: _canonical(first[field]) for field, label in SETTING_ROWS.items() if field in first}
     conditioning = first.get("conditioning")
@@ -250,7 +322,7 @@ def _family_settings(cells: pd.DataFrame) -> dict[str, str]:
     fitted = [v for v in cells.get("pas_settings", []) if isinstance(v, dict)]
     if fitted:
         settings |= {f"PAS {name}": _canonical(v) for name, v in sorted(fitted[0].items())}
-    return settings
+    return _in_effect(settings, first)
 
 
 def settings_table(cells: pd.DataFrame) -> Table:
@@ -343,7 +415,7 @@ def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (no float environment), ready for ``\\input``; text is LaTeX-escaped."""
     spec = "".join(a[0] for a in table.alignments())
     latex = _styler(table, "textbf:--rwrap;", "latex").to_latex(hrules=True, column_format=spec)
-    return latex.replace("±", r"$\pm$")
+    return latex.replace("±", r"$\pm$").replace(DISAGREE_MARK, r"$\neq$")
 
 
 def to_html(table: Table, table_id: str) -> str:

@@ -134,7 +134,7 @@ _SPECS = [
         "polynomial",
         IPNDMv,
         order=4,
-        variant="exact",
+        variant="toolbox",
         max_order=4,
         variants=IPNDM_V_VARIANTS,
     ),

@@ -221,7 +221,7 @@ def test_lsun_bedroom_dataset_names_the_published_files():
 
 def test_paper_grid_runs_lsun_bedroom_at_the_pas_papers_nfe_with_batch_16():
     cells = [c for c in build_plan(load_grid("paper")) if c.dataset == "lsun_bedroom"]
-    assert len(cells) == 5 * 4 * 2
+    assert len(cells) == 6 * 4 * 2  # ipndm at orders 4 and 3
     assert sorted({c.nfe for c in cells}) == [5, 6, 8, 10]
     assert {c.solver for c in cells} == {"ddim", "ipndm", "deis", "dpmpp", "unipc"}
     assert {c.batch_size for c in cells} == {16} and {c.num_samples for c in cells} == {50_000}

@@ -10,8 +10,15 @@ import solvers
 from bench.metrics.frechet import FrechetAccumulator, FrechetReference, flatten_features
 from bench.models.registry import get_dataset
 from report.plots import metric_vs_nfe
-from report.tables import gain_table, metric_table, to_latex, to_markdown, with_labels
-from report.uncertainty import paired_gain
+from report.tables import (
+    gain_table,
+    metric_table,
+    to_latex,
+    to_markdown,
+    with_labels,
+    yardsticks_disagree,
+)
+from report.uncertainty import Gain, paired_gain
 
 SEEDS = range(600)
 
@@ -96,3 +103,42 @@ def test_metric_plot_draws_one_error_bar_per_point_with_an_se(tmp_path, monkeypa
     assert drawn == [[0.0123, 0.0123]] and "standard error" in figure.caption
     assert "standard error" not in metric_vs_nfe(cells.drop(columns="value_se"), "gmm2d",
                                                  tmp_path).caption
+
+
+def _yardstick_cells(teacher_gain: float) -> pd.DataFrame:
+    """ddim at NFE 4 where PAS worsens FD by 20% (significantly), with this held-out gain."""
+    cells = _cells_with_blocks()
+    base = cells[~cells["pas"]].iloc[0]
+    fitted = cells["pas"].to_numpy().nonzero()[0][0]
+    cells.at[fitted, "value"] = 1.2 * base["value"]
+    cells.at[fitted, "value_blocks"] = [1.2 * v for v in base["value_blocks"]]
+    return cells.assign(pas_holdout_gain=[None, teacher_gain])
+
+
+def test_gain_table_marks_where_fd_and_the_teacher_distance_disagree():
+    gain = gain_table(_yardstick_cells(0.08))
+    text = gain.text.loc["DDIM + PAS", "4"]
+    assert text.startswith("-20.0% ± ") and text.endswith("; teacher +8.0% ≠")
+    assert bool(gain.bold.loc["DDIM + PAS", "4"])  # the FD change itself is significant
+    assert "$\\neq$" in to_latex(gain)
+    agree = gain_table(_yardstick_cells(-0.05)).text.loc["DDIM + PAS", "4"]
+    assert agree.endswith("; teacher -5.0%") and "≠" not in agree
+
+
+def test_no_mark_where_signs_agree_or_the_fd_change_is_not_significant():
+    cells = _cells_with_blocks().assign(pas_holdout_gain=[None, 0.3])
+    text = gain_table(cells).text.loc["DDIM + PAS", "4"]  # FD +50%, teacher +30%
+    assert text.endswith("; teacher +30.0%")
+    assert not yardsticks_disagree(paired_gain(1.0, 1.2, None, None), 0.1)  # no verdict
+    assert not yardsticks_disagree(Gain(-0.2, 0.3, False), 0.1)  # n.s.
+    assert yardsticks_disagree(Gain(-0.2, 0.01, True), 0.1)
+    assert not yardsticks_disagree(Gain(-0.2, 0.01, True), None)
+
+
+def test_a_base_cell_without_its_pas_cell_leaves_a_blank_gain():
+    """A store still being filled: iPNDM at NFE 6 has its base cell only."""
+    keys = [(s, n, p) for s in ("ddim", "ipndm") for n in (4, 6) for p in (False, True)]
+    rows = [make_row("gmm2d", *key) for key in keys if key != ("ipndm", 6, True)]
+    gain = gain_table(with_labels(pd.DataFrame(rows)))
+    assert gain.text.loc["iPNDM + PAS", "6"] == "" and not gain.bold.loc["iPNDM + PAS", "6"]
+    assert gain.text.loc["DDIM + PAS", "6"] == "+50.0%"

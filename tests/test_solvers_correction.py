@@ -20,7 +20,7 @@ SETTINGS = [
     ("dpm2", {}),
     ("dpm2", {"afs": True, "denoise_to_zero": True}),
     ("ipndm_v", {}),
-    ("ipndm_v", {"order": 3, "variant": "toolbox", "afs": True}),
+    ("ipndm_v", {"order": 3, "variant": "exact", "afs": True}),
     ("deis", {}),
     ("deis", {"order": 3, "variant": "rhoab", "denoise_to_zero": True}),
     ("deis", {"rho": 7.0, "afs": True}),
@@ -102,7 +102,7 @@ def raw_d(den, x, t):
 # Every step's weights of the raw d's, newest first, at the default order 4.
 MULTISTEP_WEIGHTS = {
     "ipndm": lambda times: [AB_WEIGHTS[min(4, i + 1)] for i in range(len(times) - 1)],
-    "ipndm_v": lambda times: ipndm_v_weights(tuple(times), 4, "exact"),
+    "ipndm_v": lambda times: ipndm_v_weights(tuple(times), 4, "toolbox"),
     "deis": lambda times: deis_weights(tuple(times), 4, "tab"),
 }
 

@@ -29,7 +29,7 @@ def test_registry():
     common = {"afs": False, "denoise_to_zero": False, "order": 4}
     # deis: the toolbox's results setting, time_uniform with rho = 2 (docs/solvers-extra.md).
     assert REGISTRY["deis"].defaults == common | {"rho": 2.0, "variant": "tab"}
-    assert REGISTRY["ipndm_v"].defaults == common | {"rho": 7.0, "variant": "exact"}
+    assert REGISTRY["ipndm_v"].defaults == common | {"rho": 7.0, "variant": "toolbox"}
     assert REGISTRY["dpm2"].options == REGISTRY["ddim"].options and REGISTRY["dpm2"].stages == 2
     assert REGISTRY["unipc"].defaults == {
         "rho": 7.0,
@@ -74,7 +74,7 @@ def test_registry():
         ),
         (
             {"solver": "ipndm_v", "variant": "tab"},
-            r"^ipndm_v variant must be one of exact, toolbox \(got 'tab'\)$",
+            r"^ipndm_v variant must be one of toolbox, exact \(got 'tab'\)$",
         ),
         ({"solver": "deis", "order": 5}, r"^deis order must be an integer in 1\.\.4 \(got 5\)$"),
         ({"nfe": 3, "solver": "dpm2"}, r"^dpm2 needs an even nfe >= 2 \(got 3\)$"),
