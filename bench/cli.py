@@ -70,6 +70,31 @@ def _finite(text: str) -> float:
     return value
 
 
+def _ref_source(text: str) -> tuple[str | None, str]:
+    """``DATASET=PATH`` -> (dataset, path); a bare PATH -> (None, path). A prefix with a slash or a
+    dot is part of a path (``./a=b.npz``), not a dataset name."""
+    name, equals, path = text.partition("=")
+    if equals and name and not any(mark in name for mark in "/\\."):
+        if not path:
+            raise argparse.ArgumentTypeError(f"expected DATASET=PATH, got {text!r}")
+        return name, path
+    return None, text
+
+
+def ref_stats_by_dataset(sources: list[tuple[str | None, str]] | None) -> dict[str | None, str] | None:
+    """Repeated ``--ref-stats`` values as {dataset: path}, the bare PATH under None; each dataset
+    (and the bare PATH) at most once."""
+    if sources is None:
+        return None
+    found: dict[str | None, str] = {}
+    for name, path in sources:
+        if name in found:
+            shown = f"{name}=PATH" if name else "PATH (without DATASET=)"
+            raise UserError(f"--ref-stats {shown} is given twice")
+        found[name] = path
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench.run", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-path", metavar="PATH",
         help="local checkpoint for the (single) checkpoint dataset instead of its URL: a file, "
              "or for ms_coco a diffusers folder, a single .ckpt/.safetensors file or its URL")
-    add("--ref-stats", metavar="PATH",
-        help="local FID reference statistics (.npz with mu, sigma) for the checkpoint dataset")
+    add("--ref-stats", action="append", type=_ref_source, metavar="[DATASET=]PATH",
+        help="FID reference statistics (.npz with mu, sigma; a path or URL) for DATASET instead "
+             "of its default; repeat it for several datasets. A bare PATH serves the plan's only "
+             "FID dataset. The grid file's [datasets.NAME] ref_stats does the same")
     add("--inception-weights", metavar="PATH",
         help="local pytorch-fid Inception weights instead of downloading them")
     add("--guidance", type=_finite, metavar="W",
@@ -155,5 +182,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.datasets = _flatten(args.datasets)
     args.solvers = _flatten(args.solvers)
     args.nfe = _flatten(args.nfe)
+    args.ref_stats = ref_stats_by_dataset(args.ref_stats)
     args.shard = parse_shard(args.shard)
     return args

@@ -53,7 +53,8 @@ class Overrides:
     dtype: str | None = None
     precision: str | None = None
     model_path: str | None = None
-    ref_stats: str | None = None
+    # --ref-stats: {dataset: path or URL}; the key None holds a bare PATH (the only FID dataset's).
+    ref_stats: dict[str | None, str] | None = None
     inception_weights: str | None = None
     guidance: float | None = None
     prompt: str | None = None
@@ -87,6 +88,8 @@ class Cell:
     blocks: int = DEFAULT_BLOCKS
     # Text-to-image datasets: guidance scale and prompt source (bench.models.ms_coco); else None.
     conditioning: dict[str, Any] | None = None
+    # FID datasets: where the reference statistics come from (a path or URL; None: none known).
+    reference: str | None = None
 
     @property
     def seeds(self) -> str:
@@ -197,15 +200,19 @@ def _steps(solver: str, nfe: int, options: dict[str, Any]) -> int:
         raise UserError(f"solver {solver} cannot run with nfe {nfe}: {exc}") from None
 
 
-def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
+def _metric_identity(spec: DatasetSpec, reference: str | None,
+                     overrides: Overrides) -> dict[str, Any]:
     if spec.metric == "fd":
         return {"name": "fd", "reference": "exact"}
     identity = {
         "name": spec.metric,
-        "reference": file_identity(overrides.ref_stats) if overrides.ref_stats else spec.ref_stats_url,
+        "reference": reference and file_identity(reference),
         "features": (file_identity(overrides.inception_weights) if overrides.inception_weights
                      else "pytorch-fid"),
     }
+    # Only a resize other than pytorch-fid's own is named: other FID hashes stay as they were.
+    if spec.fid_resize != "bilinear":
+        identity["resize"] = spec.fid_resize
     if spec.guidance is not None:
         from bench.metrics.clip_score import (
             CLIP_MODEL_ID,  # lazy: only text-to-image datasets need it
@@ -219,10 +226,9 @@ def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
 
 def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) -> None:
     checkpoints = [spec.name for spec in specs if spec.model_url]
-    for option, value in (("--model-path", overrides.model_path), ("--ref-stats", overrides.ref_stats)):
-        if value and len(checkpoints) != 1:
-            raise UserError(f"{option} needs exactly one checkpoint dataset in the plan, got "
-                            f"{', '.join(checkpoints) or 'none'}")
+    if overrides.model_path and len(checkpoints) != 1:
+        raise UserError(f"--model-path needs exactly one checkpoint dataset in the plan, got "
+                        f"{', '.join(checkpoints) or 'none'}")
     text = [spec.name for spec in specs if spec.guidance is not None]
     for option, value in (("--guidance", overrides.guidance), ("--prompt", overrides.prompt),
                           ("--captions", overrides.captions),
@@ -232,6 +238,28 @@ def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) 
     if overrides.prompt is not None and overrides.captions is not None:
         raise UserError("--prompt and --captions exclude each other: one prompt for all seeds, or "
                         "a caption per seed")
+
+
+def _check_ref_stats(specs: list[DatasetSpec], overrides: Overrides) -> None:
+    """--ref-stats names FID datasets of the plan; a bare PATH needs exactly one of them."""
+    fid = [spec.name for spec in specs if spec.metric == "fid"]
+    for name in overrides.ref_stats or {}:
+        if name is None and len(fid) != 1:
+            raise UserError(f"--ref-stats PATH needs exactly one FID dataset in the plan, got "
+                            f"{', '.join(fid) or 'none'}; name it: --ref-stats DATASET=PATH")
+        if name is not None and name not in fid:
+            raise UserError(f"--ref-stats {name}=...: {name} is not an FID dataset of this plan "
+                            f"(FID datasets: {', '.join(fid) or 'none'})")
+
+
+def _reference(grid: Grid, spec: DatasetSpec, overrides: Overrides) -> str | None:
+    """An FID dataset's reference statistics: --ref-stats, then the grid's [datasets.NAME]
+    ref_stats, then the dataset's published file (None: an fd dataset, or none is known)."""
+    if spec.metric != "fid":
+        return None
+    given = overrides.ref_stats or {}
+    return (given.get(spec.name) or given.get(None)
+            or grid.dataset_overrides.get(spec.name, {}).get("ref_stats") or spec.ref_stats_url)
 
 
 def _first_given(*candidates: tuple[str, int | None]) -> tuple[str, int]:
@@ -298,6 +326,7 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     precision = overrides.precision or grid.precision
     specs = [_dataset_spec(name) for name in datasets]
     _check_checkpoint_overrides(specs, overrides)
+    _check_ref_stats(specs, overrides)
     for name in [*grid.solver_options, *solvers]:
         _solver_spec(name)
     for name in solvers if True in pas_flags else []:
@@ -311,7 +340,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         num_samples, batch_size = _dataset_sizes(grid, spec, overrides)
         model = (file_identity(overrides.model_path) if spec.model_url and overrides.model_path
                  else spec.model_url or f"analytic:{spec.name}")
-        metric = _metric_identity(spec, overrides)
+        reference = _reference(grid, spec, overrides)
+        metric = _metric_identity(spec, reference, overrides)
         pas_settings = resolve_pas(grid, spec.name, defaults) if True in pas_flags else None
         conditioning = _conditioning(grid, spec, overrides, num_samples, True in pas_flags)
         local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
@@ -326,7 +356,7 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
-                                       conditioning, blocks))
+                                       conditioning, blocks, reference))
     return cells
 
 
@@ -334,7 +364,7 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
           schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
           num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
           model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None,
-          blocks: int) -> Cell:
+          blocks: int, reference: str | None) -> Cell:
     rmse_samples = min(rmse_samples, num_samples)
     fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
                     "schedule": schedule, "options": options, "dtype": dtype,
@@ -353,7 +383,7 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
         rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
         pas_key=canonical_hash(fit_identity) if use_pas else None, conditioning=conditioning,
-        blocks=blocks,
+        blocks=blocks, reference=reference,
     )
 
 
@@ -362,15 +392,33 @@ def _conditioning_identity(conditioning: dict[str, Any]) -> dict[str, Any]:
     return {**conditioning, "captions": captions and file_identity(captions)}
 
 
-def check_references(cells: list[Cell], overrides: Overrides) -> None:
+def check_references(cells: list[Cell]) -> None:
     """``UserError`` before anything runs when an FID dataset has no reference statistics (no
-    published file to download, e.g. ms_coco, and no --ref-stats)."""
-    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid"
-                      and not (overrides.ref_stats or get_dataset(cell.dataset).ref_stats_url)})
+    published file to download and none given)."""
+    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid" and not cell.reference})
     if missing:
         raise UserError(f"{', '.join(missing)}: no published FID reference statistics to download; "
-                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.metrics.fid_ref "
-                        "makes one from an image folder)")
+                        f"run with --ref-stats {missing[0]}=STATS.npz (python -m "
+                        "bench.metrics.fid_ref makes one from an image folder)")
+
+
+def reference_lines(cells: list[Cell], cache_dir: Path) -> list[str]:
+    """One dry-run line per FID dataset: where its reference statistics come from (a URL and
+    whether it is cached, a local file, or missing)."""
+    from bench.downloads import cached_path, is_url
+
+    lines = []
+    for name, source in {c.dataset: c.reference for c in cells if c.metric == "fid"}.items():
+        if source is None:
+            where = f"missing (give --ref-stats {name}=PATH)"
+        elif is_url(source):
+            state = "cached" if cached_path(source, cache_dir).is_file() else "to download"
+            where = f"{source} ({state})"
+        else:
+            where = f"file {source}"
+        resize = get_dataset(name).fid_resize
+        lines.append(f"FID reference for {name}: {where}; {resize} resize to 299x299")
+    return lines
 
 
 def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
@@ -480,7 +528,7 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
                                clip_model=overrides.clip_model)
                        if spec.downloads else edm.required_downloads)
             for url, path, cached in listing(spec, model_path=overrides.model_path,
-                                             ref_stats=overrides.ref_stats, cache_dir=cache_dir):
+                                             ref_stats=cell.reference, cache_dir=cache_dir):
                 found[url] = (url, path, cached)
     return list(found.values())
 
@@ -529,6 +577,7 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
            if cost["grid_steps"] else "already in the cache")
         + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teachers)
+    lines.extend(reference_lines(todo, cache_dir))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

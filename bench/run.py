@@ -180,40 +180,42 @@ class Runner:
             self._denoisers[key] = spec.build(device=self.device, dtype=DTYPES[cell.dtype], **extra)
         return self._denoisers[key]
 
-    def metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+    def metric(self, cell: Cell) -> tuple[Callable, FrechetReference]:
         """Feature map and reference statistics: exact data statistics (fd) or Inception (fid)."""
+        spec = get_dataset(cell.dataset)
         if spec.name not in self._metrics:
             if spec.metric == "fd":
                 self._metrics[spec.name] = (flatten_features, FrechetReference(*spec.exact_stats()))
             else:
-                self._metrics[spec.name] = self._fid_metric(spec)
+                self._metrics[spec.name] = self._fid_metric(spec, cell.reference)
         return self._metrics[spec.name]
 
     def accumulator(self, cell: Cell) -> Any:
         """The cell's streaming metric: FD/FID, plus CLIP score for text-to-image datasets."""
-        spec = get_dataset(cell.dataset)
-        features, reference = self.metric(spec)
+        features, reference = self.metric(cell)
         if cell.conditioning is None:
             return FrechetAccumulator(features, reference, device=self.device, blocks=cell.blocks)
         from bench.metrics.clip_score import load_clip_score
         from bench.metrics.text_image import TextImageAccumulator
 
+        denoiser = self.denoiser(cell)  # before CLIP: a model that cannot load stops the cell first
         if self._clip is None:
             self._clip = load_clip_score(self.args.clip_model, device=self.device,
                                          cache_dir=self.cache_dir)
         self._clip.reset()
-        return TextImageAccumulator(self.denoiser(cell), features, reference, self._clip,
+        return TextImageAccumulator(denoiser, features, reference, self._clip,
                                     device=self.device, blocks=cell.blocks)
 
-    def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+    def _fid_metric(self, spec: DatasetSpec, source: str | None) -> tuple[Callable, FrechetReference]:
         from bench.metrics import inception
         from bench.metrics.reference import reference_stats
 
         if self._inception is None:
             self._inception = inception.load_inception(weights=self.args.inception_weights,
                                                        device=self.device)
-        mu, sigma = reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
-        return partial(inception.inception_features, self._inception), FrechetReference(mu, sigma)
+        mu, sigma = reference_stats(spec, ref_stats=source, cache_dir=self.cache_dir)
+        features = partial(inception.inception_features, self._inception, resize=spec.fid_resize)
+        return features, FrechetReference(mu, sigma)
 
     def reference_solve(self, cell: Cell, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Heun-200 on the polynomial schedule from seeds 0..count-1: the final states, and for
@@ -381,10 +383,10 @@ class Runner:
         """Run one cell on every rank; rank 0 returns its row (others None)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        # The metric first: a missing reference file stops the cell before any model loads.
+        accumulator = self.accumulator(cell)
         if cell.conditioning is not None:
             self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)
-        # The metric first: a missing reference file stops the cell before any sampling or fit.
-        accumulator = self.accumulator(cell)
         artifact = self.artifact(cell) if cell.pas else None
         correction = artifact.correction() if artifact is not None else None
         clock, metric_s = self._stream(cell, correction, accumulator)
@@ -436,6 +438,7 @@ class Runner:
             # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
             "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
             "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
+            "fid_resize": get_dataset(cell.dataset).fid_resize if cell.metric == "fid" else None,
             # Error bars (bench.metrics.frechet): the metric without each seed block, its jackknife SE.
             "blocks": cell.blocks, "value_blocks": extra.get("value_blocks"),
             "value_se": extra.get("value_se"),
@@ -512,7 +515,7 @@ def execute(args: Namespace) -> int:
         if world.is_main:
             print(describe_plan(cells, todo, _overrides(args), cache_dir, device))
         return 0
-    check_references(todo, _overrides(args))
+    check_references(todo)
     world = distributed.init_world(device)
     try:
         # Rank 0's view of the store decides, so every rank runs the same cells.

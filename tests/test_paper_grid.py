@@ -7,9 +7,14 @@ import os
 import subprocess
 import sys
 
-from bench.grids import load_grid
+import pytest
+
+from bench.cli import parse_args
+from bench.errors import UserError
+from bench.grids import load_grid, parse_grid
+from bench.models.ms_coco import COCO_FID_STATS_URL
 from bench.models.registry import get_dataset
-from bench.plan import build_plan
+from bench.plan import Overrides, build_plan
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 SOLVERS = ["ddim", "ipndm", "deis", "dpmpp", "unipc"]
@@ -46,18 +51,23 @@ REFERENCE = {
 }
 
 
-def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
+def _paper(tmp_path, *extra, offline=False):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
         "TORCH_HOME": str(tmp_path / "torch"),
         "OMP_NUM_THREADS": "1",
+        "PASBENCH_OFFLINE": "1" if offline else "",
     }
-    command = [sys.executable, "-m", "bench.run", "--grid", "paper", "--dry-run"]
+    command = [sys.executable, "-m", "bench.run", "--grid", "paper", *extra]
     command += ["--out", str(tmp_path / "results")]
-    done = subprocess.run(
+    return subprocess.run(
         command, env=env, capture_output=True, check=False, text=True, timeout=120
     )
+
+
+def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
+    done = _paper(tmp_path, "--dry-run")
     assert done.returncode == 0, done.stderr
     rows = set()
     for line in done.stdout.splitlines():
@@ -77,7 +87,79 @@ def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
     assert "MS-COCO_val2014_30k_captions.csv" in done.stdout
+    # A reference for every FID dataset: the published statistics, to download.
+    references = [x for x in done.stdout.splitlines() if x.startswith("FID reference for ")]
+    assert references == [
+        f"FID reference for {name}: {get_dataset(name).ref_stats_url} (to download); "
+        f"{'clean' if name == 'ms_coco' else 'bilinear'} resize to 299x299"
+        for name in [*DATASETS, "ms_coco"]]
+    assert get_dataset("ms_coco").ref_stats_url == COCO_FID_STATS_URL
+    assert COCO_FID_STATS_URL.endswith("text2image-benchmark/releases/download/v0.0.1/"
+                                       "MS-COCO_val2014_fid_stats.npz")
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
+
+
+def test_offline_paper_run_stops_at_its_first_download(tmp_path):
+    """Every FID dataset has a reference, so an offline run gets past planning and stops, exit 2
+    with one line, at the first file it needs: the Inception weights of the first cell."""
+    done = _paper(tmp_path, "--device", "cpu", offline=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert line.startswith("bench.run: error: cannot download https://") and "PASBENCH_OFFLINE" in line
+    assert line.endswith(f"place it at {weights}")
+
+
+def test_ref_stats_parse_as_dataset_path_pairs():
+    given = ["--ref-stats", "cifar10=c.npz", "--ref-stats", "./a=b.npz"]
+    assert parse_args(given).ref_stats == {"cifar10": "c.npz", None: "./a=b.npz"}
+    assert parse_args([]).ref_stats is None
+    with pytest.raises(UserError, match="--ref-stats cifar10=PATH is given twice"):
+        parse_args([*given, "--ref-stats", "cifar10=d.npz"])
+    with pytest.raises(UserError, match="expected DATASET=PATH"):
+        parse_args(["--ref-stats", "cifar10="])
+
+
+def test_ref_stats_choose_each_datasets_reference(tmp_path):
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"statistics")
+    grid = load_grid("paper")
+    default = {c.config_hash: c for c in build_plan(grid)}
+    cells = build_plan(grid, Overrides(ref_stats={"cifar10": str(mine), "ms_coco": "https://x/y.npz"}))
+    by_dataset = {c.dataset: c.reference for c in cells}
+    assert by_dataset == {"cifar10": str(mine), "ffhq": get_dataset("ffhq").ref_stats_url,
+                          "imagenet64": get_dataset("imagenet64").ref_stats_url,
+                          "lsun_bedroom": get_dataset("lsun_bedroom").ref_stats_url,
+                          "ms_coco": "https://x/y.npz"}
+    # Only the cells whose reference changed get new hashes.
+    changed = {c.dataset for c in cells if c.config_hash not in default}
+    assert changed == {"cifar10", "ms_coco"}
+    # A bare path serves a plan with one FID dataset, else it must be named.
+    (one,) = {c.reference for c in build_plan(grid, Overrides(datasets=["ffhq"],
+                                                               ref_stats={None: str(mine)}))}
+    assert one == str(mine)
+    with pytest.raises(UserError, match="--ref-stats PATH needs exactly one FID dataset"):
+        build_plan(grid, Overrides(ref_stats={None: str(mine)}))
+    with pytest.raises(UserError, match="afhqv2 is not an FID dataset of this plan"):
+        build_plan(grid, Overrides(ref_stats={"afhqv2": str(mine)}))
+    with pytest.raises(UserError, match="no such file"):
+        build_plan(grid, Overrides(ref_stats={"cifar10": str(tmp_path / "absent.npz")}))
+
+
+def test_grid_key_ref_stats_and_the_command_line_over_it(tmp_path):
+    mine, other = tmp_path / "mine.npz", tmp_path / "other.npz"
+    mine.write_bytes(b"1")
+    other.write_bytes(b"2")
+    text = {"grid": {"datasets": ["cifar10", "ffhq"], "solvers": ["ddim"], "nfe": [5],
+                     "pas": "off"},
+            "datasets": {"cifar10": {"ref_stats": str(mine)}}}
+    grid = parse_grid(text, "test.toml", "test")
+    assert {c.dataset: c.reference for c in build_plan(grid)} == {
+        "cifar10": str(mine), "ffhq": get_dataset("ffhq").ref_stats_url}
+    overridden = build_plan(grid, Overrides(ref_stats={"cifar10": str(other)}))
+    assert overridden[0].reference == str(other)
+    with pytest.raises(UserError, match="ref_stats must be a path or URL string"):
+        parse_grid({**text, "datasets": {"cifar10": {"ref_stats": 3}}}, "bad.toml", "bad")
 
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
