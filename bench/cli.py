@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from bench.errors import UserError
 from bench.grids import DTYPES, PAS_MODES, PRECISIONS
+from bench.plan import DEFAULT_TEACHER_DISK_GIB
 
 DESCRIPTION = """\
 Run a benchmark grid: every (dataset, solver, NFE, PAS on/off) cell samples its seeds,
@@ -57,6 +58,13 @@ def _positive(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -147,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="FID reference statistics (.npz with mu, sigma; a path or URL) for DATASET instead "
              "of its default; repeat it for several datasets. A bare PATH serves the plan's only "
              "FID dataset. The grid file's [datasets.NAME] ref_stats does the same")
+    add("--keep-teacher", action="store_true",
+        help="keep PAS teacher solves in the cache after the fits that use them are stored "
+             "(default: delete each once its fits are stored, to bound the cache on disk; "
+             "--shard runs always keep them)")
+    add("--teacher-disk", type=_positive_float, default=DEFAULT_TEACHER_DISK_GIB, metavar="GIB",
+        help="the most one PAS teacher solve keeps on disk, in GiB: a teacher that would keep "
+             f"more is solved in parts, in run order (default {DEFAULT_TEACHER_DISK_GIB:g})")
     add("--inception-weights", metavar="PATH",
         help="local pytorch-fid Inception weights instead of downloading them")
     add("--guidance", type=_finite, metavar="W",

@@ -28,6 +28,7 @@ from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
 from bench.models.registry import dataset_names, get_dataset
 from bench.models.spec import DatasetSpec
 from pas.search import loss_name
+from pas.teacher import split_requests, states_bytes
 from solvers import REGISTRY, schedule_names
 
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
@@ -38,6 +39,23 @@ _DTYPE_BYTES = {"float32": 4, "float64": 8}
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
                          "batch_size"}
+# The most one PAS teacher solve keeps on disk (--teacher-disk): a teacher group whose states
+# would take more is solved in consecutive parts (run order), each deleted once its fits are
+# stored, so the cache peaks at one part. 100 GiB puts the paper grid's largest (LSUN Bedroom,
+# 238 GiB as one solve) in three parts of 85 GiB, leaving room beside them for a fit's scratch.
+DEFAULT_TEACHER_DISK_GIB = 100.0
+
+
+@dataclass(frozen=True)
+class TeacherDisk:
+    """How PAS teacher solves use the disk: the most one solve keeps, and whether solves stay in
+    the cache after their fits are stored (--keep-teacher)."""
+
+    max_bytes: float = DEFAULT_TEACHER_DISK_GIB * 2**30
+    keep: bool = False
+
+
+DEFAULT_DISK = TeacherDisk()
 
 
 @dataclass(frozen=True)
@@ -435,6 +453,20 @@ def teacher_group(cell: Cell) -> tuple:
             settings["trajectories"], settings["validate"], settings["holdout"])
 
 
+def teacher_solves(denoiser: Any, cells: list[Cell],
+                   max_bytes: float) -> list[tuple[list[Cell], list[pas.TeacherRequest]]]:
+    """The teacher solves for the PAS fits of ``cells`` (one teacher group, in run order): one
+    shared solve, or consecutive parts whose states keep at most ``max_bytes`` on disk each.
+    Each solve comes with its fits (a cell per fit) and their requests."""
+    fits = list({cell.pas_key: cell for cell in cells if cell.pas}.values())
+    requests = teacher_requests(denoiser, fits)
+    settings = fits[0].pas_settings
+    seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
+    per_time = states_bytes(1, len(seeds), denoiser.shape, getattr(torch, fits[0].dtype))
+    parts = split_requests(requests, max(1, int(max_bytes // per_time)))
+    return [([fits[i] for i in part], [requests[i] for i in part]) for part in parts]
+
+
 def teacher_requests(denoiser: Any, cells: list[Cell]) -> list[pas.TeacherRequest]:
     """What the teacher must provide for the PAS fits of ``cells`` (one request per fit)."""
     fits = {cell.pas_key: cell for cell in cells if cell.pas}
@@ -452,13 +484,15 @@ def _grid_denoiser(spec: DatasetSpec) -> Any:
     if spec.exact_stats is not None:
         return spec.build()
     return SimpleNamespace(name=spec.model_url, sigma_min=spec.sigma_min,
-                           sigma_max=spec.sigma_max, label_dim=spec.label_dim)
+                           sigma_max=spec.sigma_max, label_dim=spec.label_dim, shape=spec.shape)
 
 
-def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
-    """Per teacher group of the PAS cells still to fit: the shared grid and its denoiser calls
-    (0 when a stored solve already serves the group). Groups whose grid needs the model itself
-    (a ``discrete`` schedule of a checkpoint) are left out."""
+def teacher_cost(cells: list[Cell], cache_dir: Path,
+                 max_bytes: float = TeacherDisk.max_bytes) -> list[dict[str, Any]]:
+    """Per teacher solve of the PAS cells still to fit (one per teacher group, or its parts, see
+    ``teacher_solves``): the grid and its denoiser calls (0 when a stored solve already serves
+    it) and the bytes it keeps. Groups whose grid needs the model itself (a ``discrete`` schedule
+    of a checkpoint) are left out."""
     waiting = [c for c in cells if c.pas
                and not (cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
     groups: dict[tuple, list[Cell]] = {}
@@ -469,52 +503,118 @@ def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
         spec = get_dataset(key[0])
         denoiser = _grid_denoiser(spec)
         try:
-            requests = teacher_requests(denoiser, members)
+            solves = teacher_solves(denoiser, members, max_bytes)
         except UserError:  # a schedule that needs the model itself (discrete: alphas_cumprod)
             continue
         settings = members[0].pas_settings
         seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
-        stored = spec.exact_stats is not None and pas.stored_teacher(
-            denoiser, requests, seeds=seeds, teacher=settings["teacher"],
-            dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
-        steps = 0 if stored else len(pas.shared_grid(requests)) - 1
         state = math.prod(spec.shape) * _DTYPE_BYTES[key[1]] * len(seeds)
-        times = {t for r in requests for t in r.times.tolist()}
-        costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
-                      "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
-                      # Kept in the cache: every needed time; in memory during a fit: its times.
-                      "stored_bytes": 0 if stored else len(times) * state,
-                      "fit_bytes": max(len(r.times) for r in requests) * state})
+        # What one shared solve over all of the group's fits would cost, to compare with the parts.
+        every = [r for _, part in solves for r in part]
+        shared = {"evaluations": 2 * (len(pas.shared_grid(every)) - 1) * len(seeds),
+                  "bytes": len({t for r in every for t in r.times.tolist()}) * state}
+        for part, (fits, requests) in enumerate(solves, start=1):
+            stored = spec.exact_stats is not None and pas.stored_teacher(
+                denoiser, requests, seeds=seeds, teacher=settings["teacher"],
+                dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
+            steps = 0 if stored else len(pas.shared_grid(requests)) - 1
+            times = {t for r in requests for t in r.times.tolist()}
+            costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
+                          "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
+                          # Kept in the cache: every needed time; in memory during a fit: its times.
+                          "stored_bytes": 0 if stored else len(times) * state,
+                          "fit_bytes": max(len(r.times) for r in requests) * state,
+                          "part": part, "parts": len(solves), "keys": [c.pas_key for c in fits],
+                          "shared": shared})
     return costs
 
 
-def _evaluation_counts(cells: list[Cell], cache_dir: Path,
-                       teachers: list[dict[str, Any]]) -> dict[str, int]:
-    """Denoiser evaluations (per sample, summed) the cells will make, by purpose; ``teachers`` is
-    ``teacher_cost`` of a plan that contains them (its groups of these cells' datasets count).
+def teacher_disk_lines(teachers: list[dict[str, Any]], disk: TeacherDisk) -> list[str]:
+    """The dry run's teacher cache on disk: per dataset (its solves one at a time, or all of them
+    with --keep-teacher), then the grid's peak."""
+    held = "kept (--keep-teacher)" if disk.keep else "deleted once its fits are stored"
+    lines, peaks = [], {}
+    for name in dict.fromkeys(cost["dataset"] for cost in teachers):
+        solves = [cost for cost in teachers if cost["dataset"] == name]
+        sizes = [cost["stored_bytes"] for cost in solves]
+        peaks[name] = sum(sizes) if disk.keep else max(sizes)
+        shared = solves[0]["shared"]
+        split = (f"; the {len(solves)} solves cost {sum(c['evaluations'] for c in solves):,} "
+                 f"evaluations, one shared solve {shared['evaluations']:,} for "
+                 f"{shared['bytes'] / 2**30:,.1f} GiB" if len(solves) > 1 else "")
+        lines.append(f"PAS teacher cache for {name}: {peaks[name] / 2**30:,.1f} GiB on disk at "
+                     f"most ({len(sizes)} solve(s) of at most {disk.max_bytes / 2**30:,.0f} GiB, "
+                     f"each {held}){split}")
+    if peaks:
+        # Datasets run one after another, so without --keep-teacher their solves never coexist.
+        total = sum(peaks.values()) if disk.keep else max(peaks.values())
+        lines.append(f"PAS teacher cache on disk for the plan: {total / 2**30:,.1f} GiB at peak")
+    return lines
+
+
+def _cell_evaluations(cells: list[Cell], cache_dir: Path,
+                      teachers: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """Denoiser evaluations (per sample, summed) each cell will make, by purpose; work that cells
+    share (a PAS fit, a teacher solve, the reference solve) counts in the first cell that needs it.
+    ``teachers`` is ``teacher_cost`` of a plan that contains the cells.
 
     PAS counts assume nothing is cached except artifacts and teacher solves already on disk.
     """
-    counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
-    fits, references = set(), set()
+    first_fit = {cost["keys"][0]: cost["evaluations"] for cost in teachers}
+    fits, references, per_cell = set(), set(), []
     for cell in cells:
         preview = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
-        counts["sampling"] += cell.num_samples * cell.nfe
-        counts["previews"] += preview * cell.nfe
-        if get_dataset(cell.dataset).shape == (2,) or cell.rmse_samples:
-            references.add((cell.dataset, cell.dtype, preview))
+        counts = {"sampling": cell.num_samples * cell.nfe, "previews": preview * cell.nfe,
+                  "pas_teacher": 0, "pas_search": 0, "reference": 0}
+        shown = (cell.dataset, cell.dtype, preview)
+        if (get_dataset(cell.dataset).shape == (2,) or cell.rmse_samples) and shown not in references:
+            references.add(shown)
+            counts["reference"] = preview * REFERENCE_NFE
         artifact = cache_dir / "artifacts" / f"{cell.pas_key}.json"
         if cell.pas and cell.pas_key not in fits and not artifact.exists():
             fits.add(cell.pas_key)
             settings = cell.pas_settings
             seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                       settings["holdout"])
-            counts["pas_search"] += len(seeds) * cell.nfe
-    datasets = {cell.dataset for cell in cells}
-    counts["pas_teacher"] = sum(cost["evaluations"] for cost in teachers
-                                if cost["dataset"] in datasets)
-    counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
+            counts["pas_search"] = len(seeds) * cell.nfe
+            counts["pas_teacher"] = first_fit.get(cell.pas_key, 0)
+        per_cell.append(counts)
+    return per_cell
+
+
+def _evaluation_counts(cells: list[Cell], cache_dir: Path,
+                       teachers: list[dict[str, Any]]) -> dict[str, int]:
+    """``_cell_evaluations`` summed over the cells, by purpose."""
+    counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
+    for cell_counts in _cell_evaluations(cells, cache_dir, teachers):
+        for purpose, value in cell_counts.items():
+            counts[purpose] += value
     return counts
+
+
+def cell_costs(cells: list[Cell], cache_dir: Path, device: torch.device,
+               disk: TeacherDisk = DEFAULT_DISK) -> list[float]:
+    """Each cell's planned cost, for the progress log's time left: estimated seconds on analytic
+    datasets (costs timed now, bench.estimate); on checkpoint datasets, whose network is not timed
+    before it loads, denoiser evaluations x values per sample (the log turns them into seconds at
+    the rate their finished cells show)."""
+    evaluations = _cell_evaluations(cells, cache_dir, teacher_cost(cells, cache_dir, disk.max_bytes))
+    timed: dict[tuple, estimate.Costs] = {}
+    costs = []
+    for cell, counts in zip(cells, evaluations):
+        spec = get_dataset(cell.dataset)
+        if spec.model_url:
+            costs.append(float(sum(counts.values()) * math.prod(spec.shape)))
+            continue
+        key = (cell.dataset, cell.dtype, cell.batch_size)
+        # The reference's square root is timed once per dataset: only its first cell pays it.
+        setup = key not in timed
+        if setup:
+            timed[key] = estimate.calibrate(spec, cell.dtype, cell.batch_size, device)
+        work = estimate.Work(spec, cell.dtype, cell.batch_size, sum(counts.values()),
+                             cell.num_samples, estimate.BLOCKED_DISTANCES if cell.blocks > 1 else 1)
+        costs.append(estimate.seconds(timed[key], work) - (0 if setup else timed[key].metric_setup_s))
+    return costs
 
 
 def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
@@ -549,7 +649,7 @@ def _work(cells: list[Cell], cache_dir: Path,
 
 
 def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
-                  device: torch.device) -> str:
+                  device: torch.device, disk: TeacherDisk = DEFAULT_DISK) -> str:
     """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
     from tabulate import tabulate
 
@@ -561,7 +661,7 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     headers = ["#", "dataset", "solver", "nfe", "pas", "schedule", "samples", "batch",
                "evaluations", "status", "config_hash"]
     # One teacher cost per plan: it builds the analytic denoisers and the shared grids.
-    teachers = teacher_cost(todo, cache_dir)
+    teachers = teacher_cost(todo, cache_dir, disk.max_bytes)
     counts = _evaluation_counts(todo, cache_dir, teachers)
     skipped = len(cells) - len(todo)
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
@@ -570,13 +670,16 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
              f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
              *estimate.describe(_work(todo, cache_dir, teachers), device)]
     lines.extend(
-        f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
+        f"PAS teacher for {cost['dataset']}"
+        + (f" (part {cost['part']} of {cost['parts']})" if cost["parts"] > 1 else "")
+        + f": one solve for {cost['fits']} fit(s), "
         + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "
            f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations, "
            f"{cost['stored_bytes'] / 2**30:,.1f} GiB of states in the cache"
            if cost["grid_steps"] else "already in the cache")
         + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teachers)
+    lines.extend(teacher_disk_lines(teachers, disk))
     lines.extend(reference_lines(todo, cache_dir))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 PREFIX = "bench.run:"
@@ -27,8 +28,28 @@ class ProgressLog:
         self.stream = stream or sys.stderr
         self.start(0)
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, costs: Sequence[tuple[str, float]] | None = None) -> None:
+        """Begin counting ``total`` cells; ``costs`` holds each cell's (dataset, planned cost) in
+        run order (bench.plan.cell_costs), None when all cells count alike."""
         self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.costs = list(costs) if costs is not None else [("", 1.0)] * total
+        self.last = self.started
+        # Per dataset: seconds its finished cells took, and what they were planned to cost.
+        self.spent: dict[str, float] = {}
+        self.planned: dict[str, float] = {}
+
+    def time_left(self) -> float:
+        """Seconds the cells not yet finished should take: each one's planned cost at the rate
+        (seconds per unit of cost) its dataset's finished cells showed, else at the rate of all
+        finished cells."""
+        planned = sum(self.planned.values())
+        overall = sum(self.spent.values()) / planned if planned > 0 else 0.0
+        left = 0.0
+        for dataset, cost in self.costs[self.done:]:
+            rate = (self.spent[dataset] / self.planned[dataset]
+                    if self.planned.get(dataset, 0.0) > 0 else overall)
+            left += cost * rate
+        return left
 
     def _say(self, text: str) -> None:
         if self.enabled:
@@ -51,11 +72,15 @@ class ProgressLog:
                   f"{artifact.n_params} coordinates)")
 
     def cell_finished(self, row: dict, seconds: float) -> None:
-        """One line for a finished cell; the time left assumes the remaining cells take as long
-        on average as the finished ones (PAS fits included)."""
+        """One line for a finished cell, with the time left (``time_left``; the time since the
+        previous cell counts for this one, PAS fits included)."""
+        now = time.perf_counter()
+        dataset, cost = self.costs[self.done]
+        self.spent[dataset] = self.spent.get(dataset, 0.0) + now - self.last
+        self.planned[dataset] = self.planned.get(dataset, 0.0) + cost
+        self.last = now
         self.done += 1
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / self.done * (self.total - self.done)
+        left = self.time_left()
         label = f"{row['dataset']} {row['solver']} nfe={row['nfe']} {'pas' if row['pas'] else 'base'}"
         suspect = f" [timing suspect: {row['timing_suspect_reason']}]" if row["timing_suspect"] else ""
         self._say(f"[{self.done}/{self.total}] {label}: {row['metric']} {row['value']:.6g}, "

@@ -4,6 +4,7 @@ planned without downloading anything."""
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -75,14 +76,30 @@ def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
         if len(words) > 4 and words[0].isdigit():
             rows.add((words[1], words[2], int(words[3]), words[4]))
     assert rows == CELLS and len(rows) == 230
-    # One teacher solve per dataset serves its 5 solvers x its NFEs; a fit holds the states of
-    # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
+    # One teacher solve per dataset serves its 5 solvers x its NFEs (LSUN Bedroom's in three
+    # parts: see below); a fit holds the states of its NFE + 1 times for the 5,000 + 500
+    # held-out float32 trajectories.
     for name in DATASETS:
         fits = len(SOLVERS) * len(NFES[name])
         held = 11 * 5500 * math.prod(get_dataset(name).shape) * 4 / 2**30
-        line = next(x for x in done.stdout.splitlines() if x.startswith(f"PAS teacher for {name}:"))
-        assert f"one solve for {fits} fit(s)" in line and "x 5,500 seeds" in line
-        assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
+        lines = [x for x in done.stdout.splitlines()
+                 if re.match(rf"PAS teacher for {name}( \(part \d of \d\))?:", x)]
+        counts = [int(re.search(r"one solve for (\d+) fit", x)[1]) for x in lines]
+        assert sum(counts) == fits and len(lines) == (3 if name == "lsun_bedroom" else 1)
+        for line in lines:
+            assert "x 5,500 seeds" in line
+            assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
+    # The teacher cache on disk: per dataset its largest solve (21 of LSUN's 59 times per part,
+    # the other datasets' 59 times in one solve), and the plan's peak, at most 150 GiB.
+    disk = {m[1]: float(m[2].replace(",", "")) for m in re.finditer(
+        r"PAS teacher cache for (\w+): ([\d,.]+) GiB on disk at most", done.stdout)}
+    expected = {name: (21 if name == "lsun_bedroom" else 59) * 5500
+                * math.prod(get_dataset(name).shape) * 4 / 2**30 for name in [*DATASETS, "ms_coco"]}
+    assert disk == {name: round(size, 1) for name, size in expected.items()}
+    peak = re.search(r"PAS teacher cache on disk for the plan: ([\d,.]+) GiB at peak", done.stdout)
+    assert float(peak[1]) == max(disk.values()) <= 150
+    assert "the 3 solves cost 2,761,000 evaluations, one shared solve 1,342,000 for 237.7 GiB" in (
+        done.stdout)
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
