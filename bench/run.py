@@ -283,7 +283,8 @@ class Runner:
                 seeds=pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                         settings["holdout"]),
                 teacher=settings["teacher"], dtype=DTYPES[cell.dtype], device=self.device,
-                batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress)
+                batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress,
+                prune=not self.disk.keep)
         except ValueError as exc:
             raise UserError(f"PAS teacher for {cell.dataset}: {exc}") from None
         self.log.teacher_finished(cell.dataset, teacher)

@@ -358,9 +358,12 @@ def teacher_states(
     batch_size: int = 256,
     cache_dir: str | Path,
     progress: bool = True,
+    prune: bool = True,
 ) -> TeacherStates:
     """The teacher's states at every time of ``requests`` for ``seeds``: from a stored solve that
-    serves them all, else from one new solve on their shared grid (then stored)."""
+    serves them all, else from one new solve on their shared grid (then stored, and with
+    ``prune`` the stored solves it supersedes are deleted; pass False while other processes may
+    read them)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown PAS teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
     identity = _identity(denoiser, seeds, teacher, dtype)
@@ -372,6 +375,8 @@ def teacher_states(
         found = _solve_and_store(
             denoiser, requests, root, identity, seeds, dtype, device, batch_size, progress
         )
+        if prune:
+            _remove_superseded(root, *found[:2])
     folder, config, grid = found
     return TeacherStates(
         folder=folder,
@@ -415,7 +420,6 @@ def _solve_and_store(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _remove_superseded(root, folder, config)
     return folder, config, grid
 
 

@@ -78,6 +78,11 @@ def test_a_new_solve_deletes_the_solves_it_supersedes(gmm, tmp_path):
     assert more.serves(poly) and not more.serves(logsnr) and other.serves(logsnr)
     other.remove()
     assert _solves(tmp_path) == [more.folder]
+    # Without pruning (other processes may be reading), the superseded solve stays.
+    kept = {**solve, "cache_dir": tmp_path / "kept"}
+    few = teacher_states(gmm, [poly], seeds=SEEDS[:10], **kept)
+    teacher_states(gmm, [poly], seeds=SEEDS, prune=False, **kept)
+    assert few.folder in _solves(tmp_path / "kept") and len(_solves(tmp_path / "kept")) == 2
 
 
 GRID = """
