@@ -529,27 +529,38 @@ def teacher_cost(cells: list[Cell], cache_dir: Path,
     return costs
 
 
+def _teacher_peaks(teachers: list[dict[str, Any]], disk: TeacherDisk) -> dict[str, int]:
+    """Per dataset, the most its teacher solves keep on disk at once: the largest solve, or all
+    of them with --keep-teacher."""
+    sizes: dict[str, list[int]] = {}
+    for cost in teachers:
+        sizes.setdefault(cost["dataset"], []).append(cost["stored_bytes"])
+    return {name: sum(part) if disk.keep else max(part) for name, part in sizes.items()}
+
+
 def teacher_disk_lines(teachers: list[dict[str, Any]], disk: TeacherDisk) -> list[str]:
-    """The dry run's teacher cache on disk: per dataset (its solves one at a time, or all of them
-    with --keep-teacher), then the grid's peak."""
+    """The dry run's teacher cache on disk per dataset, with what its parts cost in evaluations
+    against one shared solve."""
     held = "kept (--keep-teacher)" if disk.keep else "deleted once its fits are stored"
-    lines, peaks = [], {}
-    for name in dict.fromkeys(cost["dataset"] for cost in teachers):
+    lines = []
+    for name, peak in _teacher_peaks(teachers, disk).items():
         solves = [cost for cost in teachers if cost["dataset"] == name]
-        sizes = [cost["stored_bytes"] for cost in solves]
-        peaks[name] = sum(sizes) if disk.keep else max(sizes)
         shared = solves[0]["shared"]
         split = (f"; the {len(solves)} solves cost {sum(c['evaluations'] for c in solves):,} "
                  f"evaluations, one shared solve {shared['evaluations']:,} for "
                  f"{shared['bytes'] / 2**30:,.1f} GiB" if len(solves) > 1 else "")
-        lines.append(f"PAS teacher cache for {name}: {peaks[name] / 2**30:,.1f} GiB on disk at "
-                     f"most ({len(sizes)} solve(s) of at most {disk.max_bytes / 2**30:,.0f} GiB, "
+        lines.append(f"PAS teacher cache for {name}: {peak / 2**30:,.1f} GiB on disk at most "
+                     f"({len(solves)} solve(s) of at most {disk.max_bytes / 2**30:,.0f} GiB, "
                      f"each {held}){split}")
-    if peaks:
-        # Datasets run one after another, so without --keep-teacher their solves never coexist.
-        total = sum(peaks.values()) if disk.keep else max(peaks.values())
-        lines.append(f"PAS teacher cache on disk for the plan: {total / 2**30:,.1f} GiB at peak")
     return lines
+
+
+def teacher_disk_total(teachers: list[dict[str, Any]], disk: TeacherDisk) -> list[str]:
+    """The dry run's closing line: the plan's peak teacher cache on disk (none without PAS)."""
+    peaks = _teacher_peaks(teachers, disk).values()
+    # Datasets run one after another, so without --keep-teacher their solves never coexist.
+    total = sum(peaks) if disk.keep else max(peaks, default=0)
+    return [f"PAS teacher cache on disk for the plan: {total / 2**30:,.1f} GiB at peak"] if peaks else []
 
 
 def _cell_evaluations(cells: list[Cell], cache_dir: Path,
@@ -685,4 +696,5 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"
                  for url, path, cached in downloads)
+    lines.extend(teacher_disk_total(teachers, disk))
     return "\n".join(lines)
