@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TextIO
 
 PREFIX = "bench.run:"
@@ -28,28 +28,36 @@ class ProgressLog:
         self.stream = stream or sys.stderr
         self.start(0)
 
-    def start(self, total: int, costs: Sequence[tuple[str, float]] | None = None) -> None:
+    def start(self, total: int, costs: Sequence[tuple[str, float]] | None = None,
+              timed: Collection[str] = ()) -> None:
         """Begin counting ``total`` cells; ``costs`` holds each cell's (dataset, planned cost) in
-        run order (bench.plan.cell_costs), None when all cells count alike."""
+        run order (bench.plan.cell_costs), None when all cells count alike; the datasets in
+        ``timed`` have costs in estimated seconds."""
         self.total, self.done, self.started = total, 0, time.perf_counter()
         self.costs = list(costs) if costs is not None else [("", 1.0)] * total
+        self.timed = set(timed)
         self.last = self.started
         # Per dataset: seconds its finished cells took, and what they were planned to cost.
         self.spent: dict[str, float] = {}
         self.planned: dict[str, float] = {}
 
+    def _rate(self, dataset: str) -> float:
+        """Seconds per unit of planned cost of ``dataset``'s remaining cells: what its finished
+        cells took. A dataset not begun takes its estimated seconds as they are, or, when its
+        costs are no seconds, the rate of the finished cells of such datasets (of all finished
+        cells when there are none)."""
+        if self.planned.get(dataset, 0.0) > 0:
+            return self.spent[dataset] / self.planned[dataset]
+        if dataset in self.timed:
+            return 1.0
+        pool = [name for name in self.planned if name not in self.timed] or list(self.planned)
+        planned = sum(self.planned[name] for name in pool)
+        return sum(self.spent[name] for name in pool) / planned if planned > 0 else 0.0
+
     def time_left(self) -> float:
-        """Seconds the cells not yet finished should take: each one's planned cost at the rate
-        (seconds per unit of cost) its dataset's finished cells showed, else at the rate of all
-        finished cells."""
-        planned = sum(self.planned.values())
-        overall = sum(self.spent.values()) / planned if planned > 0 else 0.0
-        left = 0.0
-        for dataset, cost in self.costs[self.done:]:
-            rate = (self.spent[dataset] / self.planned[dataset]
-                    if self.planned.get(dataset, 0.0) > 0 else overall)
-            left += cost * rate
-        return left
+        """Seconds the cells not yet finished should take: each one's planned cost at its
+        dataset's rate (``_rate``)."""
+        return sum(cost * self._rate(dataset) for dataset, cost in self.costs[self.done:])
 
     def _say(self, text: str) -> None:
         if self.enabled:

@@ -478,7 +478,9 @@ class Runner:
         # Planned costs (a few seconds of timing on analytic datasets) only for the log's ETA.
         costs = (cell_costs(cells, self.cache_dir, self.device, self.disk) if self.log.enabled
                  else None)
-        self.log.start(len(cells), costs and [(c.dataset, cost) for c, cost in zip(cells, costs)])
+        timed = {c.dataset for c in cells if not get_dataset(c.dataset).model_url}
+        self.log.start(len(cells), costs and [(c.dataset, cost) for c, cost in zip(cells, costs)],
+                       timed)
         for cell in tqdm(cells, desc="grid", unit="cell", disable=not self.progress):
             began = time.perf_counter()
             row = self.run_cell(cell)

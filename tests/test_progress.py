@@ -51,6 +51,19 @@ def test_time_left_weights_remaining_cells_by_planned_cost(monkeypatch):
     assert log.time_left() == pytest.approx(30.0, rel=1e-12)
 
 
+def test_estimated_seconds_count_as_they_are_until_their_dataset_begins(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(bench.progress.time, "perf_counter", clock)
+    log = ProgressLog(False)
+    log.start(3, [("small", 2.0), ("large", 5.0), ("large", 5.0)], timed={"small", "large"})
+    clock.now += 6.0  # three times its estimate: per-cell overheads of a tiny dataset
+    log.cell_finished(_row("small"), 6.0)
+    assert log.time_left() == pytest.approx(10.0, rel=1e-12)
+    clock.now += 7.5
+    log.cell_finished(_row("large"), 7.5)
+    assert log.time_left() == pytest.approx(7.5, rel=1e-12)
+
+
 def test_without_costs_every_cell_counts_alike(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(bench.progress.time, "perf_counter", clock)
