@@ -28,7 +28,7 @@ from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
 from bench.models.registry import dataset_names, get_dataset
 from bench.models.spec import DatasetSpec
 from pas.search import loss_name
-from pas.teacher import split_requests, states_bytes
+from pas.teacher import needed_times, split_requests, states_bytes
 from solvers import REGISTRY, schedule_names
 
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
@@ -512,17 +512,16 @@ def teacher_cost(cells: list[Cell], cache_dir: Path,
         # What one shared solve over all of the group's fits would cost, to compare with the parts.
         every = [r for _, part in solves for r in part]
         shared = {"evaluations": 2 * (len(pas.shared_grid(every)) - 1) * len(seeds),
-                  "bytes": len({t for r in every for t in r.times.tolist()}) * state}
+                  "bytes": len(needed_times(every)) * state}
         for part, (fits, requests) in enumerate(solves, start=1):
             stored = spec.exact_stats is not None and pas.stored_teacher(
                 denoiser, requests, seeds=seeds, teacher=settings["teacher"],
                 dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
             steps = 0 if stored else len(pas.shared_grid(requests)) - 1
-            times = {t for r in requests for t in r.times.tolist()}
             costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
                           "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
                           # Kept in the cache: every needed time; in memory during a fit: its times.
-                          "stored_bytes": 0 if stored else len(times) * state,
+                          "stored_bytes": 0 if stored else len(needed_times(requests)) * state,
                           "fit_bytes": max(len(r.times) for r in requests) * state,
                           "part": part, "parts": len(solves), "keys": [c.pas_key for c in fits],
                           "shared": shared})

@@ -152,8 +152,9 @@ def shared_grid(requests: Sequence[TeacherRequest]) -> Tensor:
     return torch.from_numpy(points[chosen].copy())
 
 
-def _needed_times(requests: Sequence[TeacherRequest]) -> Tensor:
-    """Every time the requests need, distinct, from large to small."""
+def needed_times(requests: Sequence[TeacherRequest]) -> Tensor:
+    """Every time the requests need, distinct (within SAME_TIME), from large to small: what a
+    solve serving them keeps."""
     times = np.concatenate([r.times.numpy() for r in requests])
     return torch.from_numpy(_distinct_descending(times).copy())
 
@@ -163,7 +164,7 @@ def split_requests(requests: Sequence[TeacherRequest], max_times: int) -> list[l
     times each (a request needing more than that alone is a part of its own)."""
     parts: list[list[int]] = []
     for index, request in enumerate(requests):
-        if parts and len(_needed_times([requests[i] for i in parts[-1]] + [request])) <= max_times:
+        if parts and len(needed_times([requests[i] for i in parts[-1]] + [request])) <= max_times:
             parts[-1].append(index)
         else:
             parts.append([index])
@@ -404,7 +405,7 @@ def _solve_and_store(
     when complete, so a reader never sees a partial solve)."""
     began = time.perf_counter()
     grid = shared_grid(requests)
-    needed = _needed_times(requests)
+    needed = needed_times(requests)
     root.mkdir(parents=True, exist_ok=True)
     _check_free_disk(root, states_bytes(len(needed), len(seeds), denoiser.shape, dtype))
     work = Path(tempfile.mkdtemp(dir=root, prefix=".solving-"))
