@@ -22,14 +22,20 @@ class Clock:
         return self.now
 
 
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """The progress log's clock, moved by hand."""
+    fake = Clock()
+    monkeypatch.setattr(bench.progress.time, "perf_counter", fake)
+    return fake
+
+
 def _row(dataset: str) -> dict:
     return {"dataset": dataset, "solver": "ddim", "nfe": 4, "pas": False, "metric": "fd",
             "value": 1.0, "timing_suspect": False}
 
 
-def test_time_left_weights_remaining_cells_by_planned_cost(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(bench.progress.time, "perf_counter", clock)
+def test_time_left_weights_remaining_cells_by_planned_cost(clock):
     stream = io.StringIO()
     log = ProgressLog(True, stream)
     # Four cheap cells, then two that are planned to cost ten times as much (toy's digits32).
@@ -51,9 +57,7 @@ def test_time_left_weights_remaining_cells_by_planned_cost(monkeypatch):
     assert log.time_left() == pytest.approx(30.0, rel=1e-12)
 
 
-def test_estimated_seconds_count_as_they_are_until_their_dataset_begins(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(bench.progress.time, "perf_counter", clock)
+def test_estimated_seconds_count_as_they_are_until_their_dataset_begins(clock):
     log = ProgressLog(False)
     log.start(3, [("small", 2.0), ("large", 5.0), ("large", 5.0)], timed={"small", "large"})
     clock.now += 6.0  # three times its estimate: per-cell overheads of a tiny dataset
@@ -64,9 +68,7 @@ def test_estimated_seconds_count_as_they_are_until_their_dataset_begins(monkeypa
     assert log.time_left() == pytest.approx(7.5, rel=1e-12)
 
 
-def test_without_costs_every_cell_counts_alike(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(bench.progress.time, "perf_counter", clock)
+def test_without_costs_every_cell_counts_alike(clock):
     log = ProgressLog(False)
     log.start(5)
     clock.now += 6.0
