@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from bench.errors import UserError
 from bench.grids import DTYPES, PAS_MODES, PRECISIONS
+from bench.plan import DEFAULT_TEACHER_DISK_GIB
 
 DESCRIPTION = """\
 Run a benchmark grid: every (dataset, solver, NFE, PAS on/off) cell samples its seeds,
@@ -60,6 +61,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -68,6 +76,31 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
     return value
+
+
+def _ref_source(text: str) -> tuple[str | None, str]:
+    """``DATASET=PATH`` -> (dataset, path); a bare PATH -> (None, path). A prefix with a slash or a
+    dot is part of a path (``./a=b.npz``), not a dataset name."""
+    name, equals, path = text.partition("=")
+    if equals and name and not any(mark in name for mark in "/\\."):
+        if not path:
+            raise argparse.ArgumentTypeError(f"expected DATASET=PATH, got {text!r}")
+        return name, path
+    return None, text
+
+
+def ref_stats_by_dataset(sources: list[tuple[str | None, str]] | None) -> dict[str | None, str] | None:
+    """Repeated ``--ref-stats`` values as {dataset: path}, the bare PATH under None; each dataset
+    (and the bare PATH) at most once."""
+    if sources is None:
+        return None
+    found: dict[str | None, str] = {}
+    for name, path in sources:
+        if name in found:
+            shown = f"{name}=PATH" if name else "PATH (without DATASET=)"
+            raise UserError(f"--ref-stats {shown} is given twice")
+        found[name] = path
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-path", metavar="PATH",
         help="local checkpoint for the (single) checkpoint dataset instead of its URL: a file, "
              "or for ms_coco a diffusers folder, a single .ckpt/.safetensors file or its URL")
-    add("--ref-stats", metavar="PATH",
-        help="local FID reference statistics (.npz with mu, sigma) for the checkpoint dataset")
+    add("--ref-stats", action="append", type=_ref_source, metavar="[DATASET=]PATH",
+        help="FID reference statistics (.npz with mu, sigma; a path or URL) for DATASET instead "
+             "of its default; repeat it for several datasets. A bare PATH serves the plan's only "
+             "FID dataset. The grid file's [datasets.NAME] ref_stats does the same")
+    add("--keep-teacher", action="store_true",
+        help="keep PAS teacher solves in the cache after the fits that use them are stored "
+             "(default: delete each once its fits are stored, to bound the cache on disk; "
+             "--shard runs always keep them)")
+    add("--teacher-disk", type=_positive_float, default=DEFAULT_TEACHER_DISK_GIB, metavar="GIB",
+        help="the most one PAS teacher solve keeps on disk, in GiB: a teacher that would keep "
+             f"more is solved in parts, in run order (default {DEFAULT_TEACHER_DISK_GIB:g})")
     add("--inception-weights", metavar="PATH",
         help="local pytorch-fid Inception weights instead of downloading them")
     add("--guidance", type=_finite, metavar="W",
@@ -160,5 +202,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.solvers = _flatten(args.solvers)
     args.nfe = _flatten(args.nfe)
     args.methods = _flatten(args.methods)
+    args.ref_stats = ref_stats_by_dataset(args.ref_stats)
     args.shard = parse_shard(args.shard)
     return args

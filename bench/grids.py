@@ -51,11 +51,13 @@ Schema (every table and key below is optional unless marked required; unknown ke
     blocks = 1                            #   this dataset's seed blocks instead of [grid] blocks
     guidance = 7.5                        #   text-to-image only: classifier-free guidance scale
     captions = "captions.csv"             #   text-to-image only: prompts CSV (path or URL)
+    ref_stats = "stats.npz"               #   FID datasets: reference statistics (path or URL)
+                                          #   instead of the dataset's published file
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
     trajectories = 500
 
 Command-line options (--datasets, --solvers, --nfe, --pas, --num-samples, --batch-size, --dtype,
---precision) override the file, per-dataset values included; see bench.plan for how a grid becomes cells. Every table is checked
+--precision, --ref-stats) override the file, per-dataset values included; see bench.plan for how a grid becomes cells. Every table is checked
 before anything runs, also those of datasets, solvers or PAS settings a command line leaves out,
 and every cell needs at least 2 samples (FD and FID estimate a covariance).
 """
@@ -75,7 +77,8 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _GRID_KEYS = {"name", "description", "datasets", "solvers", "nfe", "pas", "num_samples",
               "batch_size", "dtype", "precision", "rmse_samples", "blocks"}
-_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas", "blocks"}
+_DATASET_KEYS = {"num_samples", "batch_size", "nfe", "guidance", "captions", "pas", "blocks",
+                 "ref_stats"}
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,9 @@ def parse_grid(data: dict[str, Any], source: str, default_name: str) -> Grid:
             table["nfe"] = list(check.ints(table["nfe"], f"[datasets.{name}] nfe"))
         if "guidance" in table:
             check.number(table["guidance"], f"[datasets.{name}] guidance")
-        if "captions" in table and not isinstance(table["captions"], str):
-            raise check.fail(f"[datasets.{name}] captions must be a path or URL string")
+        for key in ("captions", "ref_stats"):
+            if key in table and not isinstance(table[key], str):
+                raise check.fail(f"[datasets.{name}] {key} must be a path or URL string")
         check.table(table.get("pas", {}), f"[datasets.{name}.pas]")
     return Grid(
         name=str(grid.get("name", default_name)),

@@ -29,6 +29,7 @@ from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
 from bench.models.registry import dataset_names, get_dataset
 from bench.models.spec import DatasetSpec
 from pas.search import loss_name
+from pas.teacher import needed_times, split_requests, states_bytes
 from solvers import REGISTRY, schedule_names
 
 # The reference solve behind previews' `teacher` and rmse_to_teacher (architecture: pictures).
@@ -39,6 +40,23 @@ _DTYPE_BYTES = {"float32": 4, "float64": 8}
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
                          "batch_size"}
+# The most one PAS teacher solve keeps on disk (--teacher-disk): a teacher group whose states
+# would take more is solved in consecutive parts (run order), each deleted once its fits are
+# stored, so the cache peaks at one part. 100 GiB puts the paper grid's largest (LSUN Bedroom,
+# 238 GiB as one solve) in three parts of 85 GiB, leaving room beside them for a fit's scratch.
+DEFAULT_TEACHER_DISK_GIB = 100.0
+
+
+@dataclass(frozen=True)
+class TeacherDisk:
+    """How PAS teacher solves use the disk: the most one solve keeps, and whether solves stay in
+    the cache after their fits are stored (--keep-teacher)."""
+
+    max_bytes: float = DEFAULT_TEACHER_DISK_GIB * 2**30
+    keep: bool = False
+
+
+DEFAULT_DISK = TeacherDisk()
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,8 @@ class Overrides:
     dtype: str | None = None
     precision: str | None = None
     model_path: str | None = None
-    ref_stats: str | None = None
+    # --ref-stats: {dataset: path or URL}; the key None holds a bare PATH (the only FID dataset's).
+    ref_stats: dict[str | None, str] | None = None
     inception_weights: str | None = None
     guidance: float | None = None
     prompt: str | None = None
@@ -94,6 +113,8 @@ class Cell:
     method: str = "base"
     method_settings: dict[str, Any] | None = None
     method_key: str | None = None
+    # FID datasets: where the reference statistics come from (a path or URL; None: none known).
+    reference: str | None = None
 
     @property
     def seeds(self) -> str:
@@ -211,15 +232,19 @@ def _steps(solver: str, nfe: int, options: dict[str, Any]) -> int:
         raise UserError(f"solver {solver} cannot run with nfe {nfe}: {exc}") from None
 
 
-def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
+def _metric_identity(spec: DatasetSpec, reference: str | None,
+                     overrides: Overrides) -> dict[str, Any]:
     if spec.metric == "fd":
         return {"name": "fd", "reference": "exact"}
     identity = {
         "name": spec.metric,
-        "reference": file_identity(overrides.ref_stats) if overrides.ref_stats else spec.ref_stats_url,
+        "reference": reference and file_identity(reference),
         "features": (file_identity(overrides.inception_weights) if overrides.inception_weights
                      else "pytorch-fid"),
     }
+    # Only a resize other than pytorch-fid's own is named: other FID hashes stay as they were.
+    if spec.fid_resize != "bilinear":
+        identity["resize"] = spec.fid_resize
     if spec.guidance is not None:
         from bench.metrics.clip_score import (
             CLIP_MODEL_ID,  # lazy: only text-to-image datasets need it
@@ -233,10 +258,9 @@ def _metric_identity(spec: DatasetSpec, overrides: Overrides) -> dict[str, Any]:
 
 def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) -> None:
     checkpoints = [spec.name for spec in specs if spec.model_url]
-    for option, value in (("--model-path", overrides.model_path), ("--ref-stats", overrides.ref_stats)):
-        if value and len(checkpoints) != 1:
-            raise UserError(f"{option} needs exactly one checkpoint dataset in the plan, got "
-                            f"{', '.join(checkpoints) or 'none'}")
+    if overrides.model_path and len(checkpoints) != 1:
+        raise UserError(f"--model-path needs exactly one checkpoint dataset in the plan, got "
+                        f"{', '.join(checkpoints) or 'none'}")
     text = [spec.name for spec in specs if spec.guidance is not None]
     for option, value in (("--guidance", overrides.guidance), ("--prompt", overrides.prompt),
                           ("--captions", overrides.captions),
@@ -246,6 +270,28 @@ def _check_checkpoint_overrides(specs: list[DatasetSpec], overrides: Overrides) 
     if overrides.prompt is not None and overrides.captions is not None:
         raise UserError("--prompt and --captions exclude each other: one prompt for all seeds, or "
                         "a caption per seed")
+
+
+def _check_ref_stats(specs: list[DatasetSpec], overrides: Overrides) -> None:
+    """--ref-stats names FID datasets of the plan; a bare PATH needs exactly one of them."""
+    fid = [spec.name for spec in specs if spec.metric == "fid"]
+    for name in overrides.ref_stats or {}:
+        if name is None and len(fid) != 1:
+            raise UserError(f"--ref-stats PATH needs exactly one FID dataset in the plan, got "
+                            f"{', '.join(fid) or 'none'}; name it: --ref-stats DATASET=PATH")
+        if name is not None and name not in fid:
+            raise UserError(f"--ref-stats {name}=...: {name} is not an FID dataset of this plan "
+                            f"(FID datasets: {', '.join(fid) or 'none'})")
+
+
+def _reference(grid: Grid, spec: DatasetSpec, overrides: Overrides) -> str | None:
+    """An FID dataset's reference statistics: --ref-stats, then the grid's [datasets.NAME]
+    ref_stats, then the dataset's published file (None: an fd dataset, or none is known)."""
+    if spec.metric != "fid":
+        return None
+    given = overrides.ref_stats or {}
+    return (given.get(spec.name) or given.get(None)
+            or grid.dataset_overrides.get(spec.name, {}).get("ref_stats") or spec.ref_stats_url)
 
 
 def _first_given(*candidates: tuple[str, int | None]) -> tuple[str, int]:
@@ -312,6 +358,7 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
     precision = overrides.precision or grid.precision
     specs = [_dataset_spec(name) for name in datasets]
     _check_checkpoint_overrides(specs, overrides)
+    _check_ref_stats(specs, overrides)
     for name in [*grid.solver_options, *solvers]:
         _solver_spec(grid_solver(grid, name))
     for name in solvers if True in pas_flags else []:
@@ -325,7 +372,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
         num_samples, batch_size = _dataset_sizes(grid, spec, overrides)
         model = (file_identity(overrides.model_path) if spec.model_url and overrides.model_path
                  else spec.model_url or f"analytic:{spec.name}")
-        metric = _metric_identity(spec, overrides)
+        reference = _reference(grid, spec, overrides)
+        metric = _metric_identity(spec, reference, overrides)
         pas_settings = resolve_pas(grid, spec.name, defaults) if uses_pas else None
         conditioning = _conditioning(grid, spec, overrides, num_samples, uses_pas)
         local_nfe = grid.dataset_overrides.get(spec.name, {}).get("nfe")
@@ -348,7 +396,7 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
-                                       conditioning, blocks, method, settings))
+                                       conditioning, blocks, reference, method, settings))
     return cells
 
 
@@ -375,7 +423,8 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
           schedule: str, options: dict[str, Any], pas_settings: dict[str, Any] | None,
           num_samples: int, batch_size: int, dtype: str, precision: str, rmse_samples: int,
           model: str, metric: dict[str, Any], conditioning: dict[str, Any] | None,
-          blocks: int, method: str = "base", method_settings: dict[str, Any] | None = None) -> Cell:
+          blocks: int, reference: str | None, method: str = "base",
+          method_settings: dict[str, Any] | None = None) -> Cell:
     rmse_samples = min(rmse_samples, num_samples)
     fit_identity = {"model": model, "dataset": spec.name, "solver": solver, "nfe": nfe,
                     "schedule": schedule, "options": options, "dtype": dtype,
@@ -400,7 +449,8 @@ def _cell(index: int, spec: DatasetSpec, solver: str, nfe: int, steps: int, use_
         batch_size=batch_size, dtype=dtype, precision=precision, metric=metric["name"],
         rmse_samples=rmse_samples, config_hash=canonical_hash(identity),
         pas_key=canonical_hash(fit_identity) if use_pas else None, conditioning=conditioning,
-        blocks=blocks, method=method, method_settings=method_settings, method_key=method_key,
+        blocks=blocks, reference=reference, method=method, method_settings=method_settings,
+        method_key=method_key,
     )
 
 
@@ -409,15 +459,33 @@ def _conditioning_identity(conditioning: dict[str, Any]) -> dict[str, Any]:
     return {**conditioning, "captions": captions and file_identity(captions)}
 
 
-def check_references(cells: list[Cell], overrides: Overrides) -> None:
+def check_references(cells: list[Cell]) -> None:
     """``UserError`` before anything runs when an FID dataset has no reference statistics (no
-    published file to download, e.g. ms_coco, and no --ref-stats)."""
-    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid"
-                      and not (overrides.ref_stats or get_dataset(cell.dataset).ref_stats_url)})
+    published file to download and none given)."""
+    missing = sorted({cell.dataset for cell in cells if cell.metric == "fid" and not cell.reference})
     if missing:
         raise UserError(f"{', '.join(missing)}: no published FID reference statistics to download; "
-                        "run with --datasets NAME --ref-stats STATS.npz (python -m bench.metrics.fid_ref "
-                        "makes one from an image folder)")
+                        f"run with --ref-stats {missing[0]}=STATS.npz (python -m "
+                        "bench.metrics.fid_ref makes one from an image folder)")
+
+
+def reference_lines(cells: list[Cell], cache_dir: Path) -> list[str]:
+    """One dry-run line per FID dataset: where its reference statistics come from (a URL and
+    whether it is cached, a local file, or missing)."""
+    from bench.downloads import cached_path, is_url
+
+    lines = []
+    for name, source in {c.dataset: c.reference for c in cells if c.metric == "fid"}.items():
+        if source is None:
+            where = f"missing (give --ref-stats {name}=PATH)"
+        elif is_url(source):
+            state = "cached" if cached_path(source, cache_dir).is_file() else "to download"
+            where = f"{source} ({state})"
+        else:
+            where = f"file {source}"
+        resize = get_dataset(name).fid_resize
+        lines.append(f"FID reference for {name}: {where}; {resize} resize to 299x299")
+    return lines
 
 
 def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
@@ -432,6 +500,22 @@ def teacher_group(cell: Cell) -> tuple:
     settings = cell.pas_settings
     return (cell.dataset, cell.dtype, cell.precision, settings["teacher"],
             settings["trajectories"], settings["validate"], settings["holdout"])
+
+
+def teacher_solves(denoiser: Any, cells: list[Cell], max_bytes: float,
+                   schedules: dict[str, torch.Tensor] | None = None,
+                   ) -> list[tuple[list[Cell], list[pas.TeacherRequest]]]:
+    """The teacher solves for the PAS fits of ``cells`` (one teacher group, in run order): one
+    shared solve, or consecutive parts whose states keep at most ``max_bytes`` on disk each.
+    Each solve comes with its fits (a cell per fit) and their requests; ``schedules`` as for
+    ``teacher_requests``."""
+    fits = list({cell.pas_key: cell for cell in cells if cell.pas}.values())
+    requests = teacher_requests(denoiser, fits, schedules)
+    settings = fits[0].pas_settings
+    seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
+    per_time = states_bytes(1, len(seeds), denoiser.shape, getattr(torch, fits[0].dtype))
+    parts = split_requests(requests, max(1, int(max_bytes // per_time)))
+    return [([fits[i] for i in part], [requests[i] for i in part]) for part in parts]
 
 
 def teacher_requests(denoiser: Any, cells: list[Cell],
@@ -458,13 +542,15 @@ def _grid_denoiser(spec: DatasetSpec) -> Any:
     if spec.exact_stats is not None:
         return spec.build()
     return SimpleNamespace(name=spec.model_url, sigma_min=spec.sigma_min,
-                           sigma_max=spec.sigma_max, label_dim=spec.label_dim)
+                           sigma_max=spec.sigma_max, label_dim=spec.label_dim, shape=spec.shape)
 
 
-def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
-    """Per teacher group of the PAS cells still to fit: the shared grid and its denoiser calls
-    (0 when a stored solve already serves the group). Groups whose grid needs the model itself
-    (a ``discrete`` schedule of a checkpoint) are left out."""
+def teacher_cost(cells: list[Cell], cache_dir: Path,
+                 max_bytes: float = TeacherDisk.max_bytes) -> list[dict[str, Any]]:
+    """Per teacher solve of the PAS cells still to fit (one per teacher group, or its parts, see
+    ``teacher_solves``): the grid and its denoiser calls (0 when a stored solve already serves
+    it) and the bytes it keeps. Groups whose grid needs the model itself (a ``discrete`` schedule
+    of a checkpoint) are left out."""
     waiting = [c for c in cells if c.pas
                and not (cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
     groups: dict[tuple, list[Cell]] = {}
@@ -475,51 +561,102 @@ def teacher_cost(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
         spec = get_dataset(key[0])
         denoiser = _grid_denoiser(spec)
         try:
-            requests = teacher_requests(denoiser, members)
+            solves = teacher_solves(denoiser, members, max_bytes)
         except UserError:  # a schedule that needs the model itself (discrete: alphas_cumprod)
             continue
         settings = members[0].pas_settings
         seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"], settings["holdout"])
-        stored = spec.exact_stats is not None and pas.stored_teacher(
-            denoiser, requests, seeds=seeds, teacher=settings["teacher"],
-            dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
-        steps = 0 if stored else len(pas.shared_grid(requests)) - 1
         state = math.prod(spec.shape) * _DTYPE_BYTES[key[1]] * len(seeds)
-        times = {t for r in requests for t in r.times.tolist()}
-        costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
-                      "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
-                      # Kept in the cache: every needed time; in memory during a fit: its times.
-                      "stored_bytes": 0 if stored else len(times) * state,
-                      "fit_bytes": max(len(r.times) for r in requests) * state})
+        # What one shared solve over all of the group's fits would cost, to compare with the parts.
+        every = [r for _, part in solves for r in part]
+        shared = {"evaluations": 2 * (len(pas.shared_grid(every)) - 1) * len(seeds),
+                  "bytes": len(needed_times(every)) * state}
+        for part, (fits, requests) in enumerate(solves, start=1):
+            stored = spec.exact_stats is not None and pas.stored_teacher(
+                denoiser, requests, seeds=seeds, teacher=settings["teacher"],
+                dtype=getattr(torch, key[1]), cache_dir=cache_dir) is not None
+            steps = 0 if stored else len(pas.shared_grid(requests)) - 1
+            costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
+                          "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
+                          # Kept in the cache: every needed time; in memory during a fit: its times.
+                          "stored_bytes": 0 if stored else len(needed_times(requests)) * state,
+                          "fit_bytes": max(len(r.times) for r in requests) * state,
+                          "part": part, "parts": len(solves), "keys": [c.pas_key for c in fits],
+                          "shared": shared})
     return costs
 
 
-def _evaluation_counts(cells: list[Cell], cache_dir: Path,
-                       teachers: list[dict[str, Any]]) -> dict[str, int]:
-    """Denoiser evaluations (per sample, summed) the cells will make, by purpose; ``teachers`` is
-    ``teacher_cost`` of a plan that contains them (its groups of these cells' datasets count).
+def _teacher_peaks(teachers: list[dict[str, Any]], disk: TeacherDisk) -> dict[str, int]:
+    """Per dataset, the most its teacher solves keep on disk at once: the largest solve, or all
+    of them with --keep-teacher."""
+    sizes: dict[str, list[int]] = {}
+    for cost in teachers:
+        sizes.setdefault(cost["dataset"], []).append(cost["stored_bytes"])
+    return {name: sum(part) if disk.keep else max(part) for name, part in sizes.items()}
+
+
+def teacher_disk_lines(teachers: list[dict[str, Any]], disk: TeacherDisk) -> list[str]:
+    """The dry run's teacher cache on disk per dataset, with what its parts cost in evaluations
+    against one shared solve."""
+    held = "kept (--keep-teacher)" if disk.keep else "deleted once its fits are stored"
+    lines = []
+    for name, peak in _teacher_peaks(teachers, disk).items():
+        solves = [cost for cost in teachers if cost["dataset"] == name]
+        shared = solves[0]["shared"]
+        split = (f"; the {len(solves)} solves cost {sum(c['evaluations'] for c in solves):,} "
+                 f"evaluations, one shared solve {shared['evaluations']:,} for "
+                 f"{shared['bytes'] / 2**30:,.1f} GiB" if len(solves) > 1 else "")
+        lines.append(f"PAS teacher cache for {name}: {peak / 2**30:,.1f} GiB on disk at most "
+                     f"({len(solves)} solve(s) of at most {disk.max_bytes / 2**30:,.0f} GiB, "
+                     f"each {held}){split}")
+    return lines
+
+
+def teacher_disk_total(teachers: list[dict[str, Any]], disk: TeacherDisk) -> list[str]:
+    """The dry run's closing line: the plan's peak teacher cache on disk (none without PAS)."""
+    peaks = _teacher_peaks(teachers, disk).values()
+    # Datasets run one after another, so without --keep-teacher their solves never coexist.
+    total = sum(peaks) if disk.keep else max(peaks, default=0)
+    return [f"PAS teacher cache on disk for the plan: {total / 2**30:,.1f} GiB at peak"] if peaks else []
+
+
+def _cell_evaluations(cells: list[Cell], cache_dir: Path,
+                      teachers: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """Denoiser evaluations (per sample, summed) each cell will make, by purpose; work that cells
+    share (a PAS fit, a teacher solve, the reference solve) counts in the first cell that needs it.
+    ``teachers`` is ``teacher_cost`` of a plan that contains the cells.
 
     PAS counts assume nothing is cached except artifacts and teacher solves already on disk.
     """
-    counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
-    fits, references = set(), set()
+    first_fit = {cost["keys"][0]: cost["evaluations"] for cost in teachers}
+    fits, references, per_cell = set(), set(), []
     for cell in cells:
         preview = max(min(PREVIEW_COUNT, cell.num_samples), cell.rmse_samples)
-        counts["sampling"] += cell.num_samples * cell.nfe
-        counts["previews"] += preview * cell.nfe
-        if get_dataset(cell.dataset).shape == (2,) or cell.rmse_samples:
-            references.add((cell.dataset, cell.dtype, preview))
+        counts = {"sampling": cell.num_samples * cell.nfe, "previews": preview * cell.nfe,
+                  "pas_teacher": 0, "pas_search": 0, "reference": 0}
+        shown = (cell.dataset, cell.dtype, preview)
+        if (get_dataset(cell.dataset).shape == (2,) or cell.rmse_samples) and shown not in references:
+            references.add(shown)
+            counts["reference"] = preview * REFERENCE_NFE
         artifact = cache_dir / "artifacts" / f"{cell.pas_key}.json"
         if cell.pas and cell.pas_key not in fits and not artifact.exists():
             fits.add(cell.pas_key)
             settings = cell.pas_settings
             seeds = pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                       settings["holdout"])
-            counts["pas_search"] += len(seeds) * cell.nfe
-    datasets = {cell.dataset for cell in cells}
-    counts["pas_teacher"] = sum(cost["evaluations"] for cost in teachers
-                                if cost["dataset"] in datasets)
-    counts["reference"] = sum(count * REFERENCE_NFE for _, _, count in references)
+            counts["pas_search"] = len(seeds) * cell.nfe
+            counts["pas_teacher"] = first_fit.get(cell.pas_key, 0)
+        per_cell.append(counts)
+    return per_cell
+
+
+def _evaluation_counts(cells: list[Cell], cache_dir: Path,
+                       teachers: list[dict[str, Any]]) -> dict[str, int]:
+    """``_cell_evaluations`` summed over the cells, by purpose, and the GITS searches they need."""
+    counts = {"sampling": 0, "previews": 0, "pas_teacher": 0, "pas_search": 0, "reference": 0}
+    for cell_counts in _cell_evaluations(cells, cache_dir, teachers):
+        for purpose, value in cell_counts.items():
+            counts[purpose] += value
     denoisers: dict[str, Any] = {}
 
     def denoiser_for(name: str) -> Any:
@@ -528,6 +665,31 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path,
         return denoisers[name]
 
     return counts | methods.gits_evaluations(cells, cache_dir, denoiser_for)
+
+
+def cell_costs(cells: list[Cell], cache_dir: Path, device: torch.device,
+               disk: TeacherDisk = DEFAULT_DISK) -> list[float]:
+    """Each cell's planned cost, for the progress log's time left: estimated seconds on analytic
+    datasets (costs timed now, bench.estimate); on checkpoint datasets, whose network is not timed
+    before it loads, denoiser evaluations x values per sample (the log turns them into seconds at
+    the rate their finished cells show)."""
+    evaluations = _cell_evaluations(cells, cache_dir, teacher_cost(cells, cache_dir, disk.max_bytes))
+    timed: dict[tuple, estimate.Costs] = {}
+    costs = []
+    for cell, counts in zip(cells, evaluations):
+        spec = get_dataset(cell.dataset)
+        if spec.model_url:
+            costs.append(float(sum(counts.values()) * math.prod(spec.shape)))
+            continue
+        key = (cell.dataset, cell.dtype, cell.batch_size)
+        # The reference's square root is timed once per dataset: only its first cell pays it.
+        setup = key not in timed
+        if setup:
+            timed[key] = estimate.calibrate(spec, cell.dtype, cell.batch_size, device)
+        work = estimate.Work(spec, cell.dtype, cell.batch_size, sum(counts.values()),
+                             cell.num_samples, estimate.BLOCKED_DISTANCES if cell.blocks > 1 else 1)
+        costs.append(estimate.seconds(timed[key], work) - (0 if setup else timed[key].metric_setup_s))
+    return costs
 
 
 def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list[tuple[str, Path, bool]]:
@@ -541,7 +703,7 @@ def _downloads(cells: list[Cell], overrides: Overrides, cache_dir: Path) -> list
                                clip_model=overrides.clip_model)
                        if spec.downloads else edm.required_downloads)
             for url, path, cached in listing(spec, model_path=overrides.model_path,
-                                             ref_stats=overrides.ref_stats, cache_dir=cache_dir):
+                                             ref_stats=cell.reference, cache_dir=cache_dir):
                 found[url] = (url, path, cached)
     return list(found.values())
 
@@ -562,7 +724,7 @@ def _work(cells: list[Cell], cache_dir: Path,
 
 
 def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
-                  device: torch.device) -> str:
+                  device: torch.device, disk: TeacherDisk = DEFAULT_DISK) -> str:
     """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
     from tabulate import tabulate
 
@@ -575,7 +737,7 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
     headers = ["#", "dataset", "solver", "nfe", "pas", "method", "schedule", "samples", "batch",
                "evaluations", "status", "config_hash"]
     # One teacher cost per plan: it builds the analytic denoisers and the shared grids.
-    teachers = teacher_cost(todo, cache_dir)
+    teachers = teacher_cost(todo, cache_dir, disk.max_bytes)
     counts = _evaluation_counts(todo, cache_dir, teachers)
     skipped = len(cells) - len(todo)
     parts = ", ".join(f"{name} {value:,}" for name, value in counts.items())
@@ -584,15 +746,20 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
              f"denoiser evaluations to run: {sum(counts.values()):,} ({parts})",
              *estimate.describe(_work(todo, cache_dir, teachers), device)]
     lines.extend(
-        f"PAS teacher for {cost['dataset']}: one solve for {cost['fits']} fit(s), "
+        f"PAS teacher for {cost['dataset']}"
+        + (f" (part {cost['part']} of {cost['parts']})" if cost["parts"] > 1 else "")
+        + f": one solve for {cost['fits']} fit(s), "
         + (f"{cost['grid_steps']} Heun steps = {2 * cost['grid_steps']} NFE per trajectory x "
            f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations, "
            f"{cost['stored_bytes'] / 2**30:,.1f} GiB of states in the cache"
            if cost["grid_steps"] else "already in the cache")
         + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teachers)
+    lines.extend(teacher_disk_lines(teachers, disk))
+    lines.extend(reference_lines(todo, cache_dir))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"
                  for url, path, cached in downloads)
+    lines.extend(teacher_disk_total(teachers, disk))
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from collections.abc import Collection, Sequence
 from typing import Any, TextIO
 
 PREFIX = "bench.run:"
@@ -27,8 +28,36 @@ class ProgressLog:
         self.stream = stream or sys.stderr
         self.start(0)
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, costs: Sequence[tuple[str, float]] | None = None,
+              timed: Collection[str] = ()) -> None:
+        """Begin counting ``total`` cells; ``costs`` holds each cell's (dataset, planned cost) in
+        run order (bench.plan.cell_costs), None when all cells count alike; the datasets in
+        ``timed`` have costs in estimated seconds."""
         self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.costs = list(costs) if costs is not None else [("", 1.0)] * total
+        self.timed = set(timed)
+        self.last = self.started
+        # Per dataset: seconds its finished cells took, and what they were planned to cost.
+        self.spent: dict[str, float] = {}
+        self.planned: dict[str, float] = {}
+
+    def _rate(self, dataset: str) -> float:
+        """Seconds per unit of planned cost of ``dataset``'s remaining cells: what its finished
+        cells took. A dataset not begun takes its estimated seconds as they are, or, when its
+        costs are no seconds, the rate of the finished cells of such datasets (of all finished
+        cells when there are none)."""
+        if self.planned.get(dataset, 0.0) > 0:
+            return self.spent[dataset] / self.planned[dataset]
+        if dataset in self.timed:
+            return 1.0
+        pool = [name for name in self.planned if name not in self.timed] or list(self.planned)
+        planned = sum(self.planned[name] for name in pool)
+        return sum(self.spent[name] for name in pool) / planned if planned > 0 else 0.0
+
+    def time_left(self) -> float:
+        """Seconds the cells not yet finished should take: each one's planned cost at its
+        dataset's rate (``_rate``)."""
+        return sum(cost * self._rate(dataset) for dataset, cost in self.costs[self.done:])
 
     def _say(self, text: str) -> None:
         if self.enabled:
@@ -58,11 +87,15 @@ class ProgressLog:
                   f"{artifact.indices})")
 
     def cell_finished(self, row: dict, seconds: float) -> None:
-        """One line for a finished cell; the time left assumes the remaining cells take as long
-        on average as the finished ones (PAS fits included)."""
+        """One line for a finished cell, with the time left (``time_left``; the time since the
+        previous cell counts for this one, PAS fits included)."""
+        now = time.perf_counter()
+        dataset, cost = self.costs[self.done]
+        self.spent[dataset] = self.spent.get(dataset, 0.0) + now - self.last
+        self.planned[dataset] = self.planned.get(dataset, 0.0) + cost
+        self.last = now
         self.done += 1
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / self.done * (self.total - self.done)
+        left = self.time_left()
         label = f"{row['dataset']} {row['solver']} nfe={row['nfe']} {row['method']}"
         suspect = f" [timing suspect: {row['timing_suspect_reason']}]" if row["timing_suspect"] else ""
         self._say(f"[{self.done}/{self.total}] {label}: {row['metric']} {row['value']:.6g}, "

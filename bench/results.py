@@ -37,6 +37,8 @@ ROW_KEYS = (
     "sample_s", "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview", "config_hash",
     # Network calls per sample (unet_evals = 2 x nfe under guidance) and text-to-image fields.
     "unet_evals", "clip_score", "conditioning",
+    # FID rows: how images were resized for Inception (bench.metrics.inception.RESIZES).
+    "fid_resize",
     # Error bars: seed blocks, the metric without each block, jackknife SE (bench.metrics.frechet).
     "blocks", "value_blocks", "value_se",
     # The method axis (bench.methods): base, pas, gits, gits_pas; the settings and reports of its

@@ -35,19 +35,22 @@ from bench.metrics.frechet import FrechetAccumulator, FrechetReference, flatten_
 from bench.models.registry import get_dataset
 from bench.models.spec import DatasetSpec
 from bench.plan import (
+    DEFAULT_DISK,
     PREVIEW_COUNT,
     REFERENCE_NFE,
     REFERENCE_SCHEDULE,
     REFERENCE_SOLVER,
     Cell,
     Overrides,
+    TeacherDisk,
     build_plan,
     canonical_hash,
+    cell_costs,
     check_references,
     describe_plan,
     select_shard,
     teacher_group,
-    teacher_requests,
+    teacher_solves,
 )
 from bench.progress import ProgressLog
 from bench.results import RunFile, ensure_writable, existing_hashes, new_run_id, provenance, utc_now
@@ -146,13 +149,14 @@ class Runner:
     """Runs cells one after another, keeping what cells share (denoisers, metrics, PAS fits)."""
 
     def __init__(self, args: Namespace, world: World, device: torch.device, grid_name: str,
-                 run_file: RunFile, cache_dir: Path) -> None:
+                 run_file: RunFile, cache_dir: Path, disk: TeacherDisk = DEFAULT_DISK) -> None:
         self.args = args
         self.world = world
         self.device = device
         self.grid_name = grid_name
         self.run_file = run_file
         self.cache_dir = cache_dir
+        self.disk = disk
         self.progress = _show_progress(args, world)
         self.log = ProgressLog(_log_progress(args, world))
         self.fixed = {**provenance(), "device": device_name(device)} if world.is_main else {}
@@ -165,7 +169,10 @@ class Runner:
         # What the method axis's other fitters made (bench.methods): GITS schedules.
         self.fitted: dict[tuple, Any] = {}
         self._cells: list[Cell] = []
-        self._teacher_groups: set[tuple] = set()
+        # Per teacher group, its solves (bench.plan.teacher_solves); per fit not yet stored, the
+        # solve it reads (deleted once none of them is left, unless kept).
+        self._solves: dict[tuple, list[tuple[list[Cell], list[pas.TeacherRequest]]]] = {}
+        self._teacher_of: dict[str, Any] = {}
         self._inception: Any = None
         self._clip: Any = None
         self._latent_store: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -182,40 +189,42 @@ class Runner:
             self._denoisers[key] = spec.build(device=self.device, dtype=DTYPES[cell.dtype], **extra)
         return self._denoisers[key]
 
-    def metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+    def metric(self, cell: Cell) -> tuple[Callable, FrechetReference]:
         """Feature map and reference statistics: exact data statistics (fd) or Inception (fid)."""
+        spec = get_dataset(cell.dataset)
         if spec.name not in self._metrics:
             if spec.metric == "fd":
                 self._metrics[spec.name] = (flatten_features, FrechetReference(*spec.exact_stats()))
             else:
-                self._metrics[spec.name] = self._fid_metric(spec)
+                self._metrics[spec.name] = self._fid_metric(spec, cell.reference)
         return self._metrics[spec.name]
 
     def accumulator(self, cell: Cell) -> Any:
         """The cell's streaming metric: FD/FID, plus CLIP score for text-to-image datasets."""
-        spec = get_dataset(cell.dataset)
-        features, reference = self.metric(spec)
+        features, reference = self.metric(cell)
         if cell.conditioning is None:
             return FrechetAccumulator(features, reference, device=self.device, blocks=cell.blocks)
         from bench.metrics.clip_score import load_clip_score
         from bench.metrics.text_image import TextImageAccumulator
 
+        denoiser = self.denoiser(cell)  # before CLIP: a model that cannot load stops the cell first
         if self._clip is None:
             self._clip = load_clip_score(self.args.clip_model, device=self.device,
                                          cache_dir=self.cache_dir)
         self._clip.reset()
-        return TextImageAccumulator(self.denoiser(cell), features, reference, self._clip,
+        return TextImageAccumulator(denoiser, features, reference, self._clip,
                                     device=self.device, blocks=cell.blocks)
 
-    def _fid_metric(self, spec: DatasetSpec) -> tuple[Callable, FrechetReference]:
+    def _fid_metric(self, spec: DatasetSpec, source: str | None) -> tuple[Callable, FrechetReference]:
         from bench.metrics import inception
         from bench.metrics.reference import reference_stats
 
         if self._inception is None:
             self._inception = inception.load_inception(weights=self.args.inception_weights,
                                                        device=self.device)
-        mu, sigma = reference_stats(spec, ref_stats=self.args.ref_stats, cache_dir=self.cache_dir)
-        return partial(inception.inception_features, self._inception), FrechetReference(mu, sigma)
+        mu, sigma = reference_stats(spec, ref_stats=source, cache_dir=self.cache_dir)
+        features = partial(inception.inception_features, self._inception, resize=spec.fid_resize)
+        return features, FrechetReference(mu, sigma)
 
     def reference_solve(self, cell: Cell, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Heun-200 on the polynomial schedule from seeds 0..count-1: the final states, and for
@@ -245,6 +254,7 @@ class Runner:
                 fitted = self._fit(cell, cell.schedule if schedule is None else schedule)
                 self.log.fit_finished(label, fitted, time.perf_counter() - began)
                 fitted.save(path)
+                self._release_teacher(cell)
             distributed.barrier(self.world)
             # Every rank (rank 0 included) samples with the loaded file, so they agree exactly.
             try:
@@ -261,17 +271,21 @@ class Runner:
         return teacher() if teacher else denoiser
 
     def _share_teacher(self, cell: Cell) -> None:
-        """Before the first fit of a teacher group: one teacher solve for every fit of the group
-        that this run still has to make, on a grid holding all their times (pas.teacher)."""
-        group = teacher_group(cell)
-        if group in self._teacher_groups:
+        """Before the first fit of a teacher solve: one solve for every fit of its part of the
+        teacher group that this run still has to make (bench.plan.teacher_solves: the whole
+        group, or consecutive parts when one solve would keep too much on disk)."""
+        if cell.pas_key in self._teacher_of:
             return
-        self._teacher_groups.add(group)
-        waiting = [c for c in self._cells if c.pas and teacher_group(c) == group
-                   and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists()]
+        group = teacher_group(cell)
         denoiser = self.fit_denoiser(cell)
+        if group not in self._solves:
+            waiting = [cell, *(c for c in self._cells if c.pas and teacher_group(c) == group
+                               and not (self.cache_dir / "artifacts" / f"{c.pas_key}.json").exists())]
+            self._solves[group] = teacher_solves(denoiser, waiting, self.disk.max_bytes,
+                                                 methods.searched_schedules(self, waiting))
+        requests = next(part for fits, part in self._solves[group]
+                        if cell.pas_key in {fit.pas_key for fit in fits})
         settings = cell.pas_settings
-        requests = teacher_requests(denoiser, waiting, methods.searched_schedules(self, waiting))
         self.log.teacher_started(cell.dataset, len(requests))
         try:
             teacher = pas.teacher_states(
@@ -279,10 +293,26 @@ class Runner:
                 seeds=pas.teacher_seeds(settings["trajectories"], settings["validate"],
                                         settings["holdout"]),
                 teacher=settings["teacher"], dtype=DTYPES[cell.dtype], device=self.device,
-                batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress)
+                batch_size=cell.batch_size, cache_dir=self.cache_dir, progress=self.progress,
+                prune=not self.disk.keep)
         except ValueError as exc:
             raise UserError(f"PAS teacher for {cell.dataset}: {exc}") from None
         self.log.teacher_finished(cell.dataset, teacher)
+        # Every fit still to make that this solve serves reads it (a stored solve found in the
+        # cache may serve later parts too, which then need no solve of their own).
+        for fits, part in self._solves[group]:
+            for fit, request in zip(fits, part):
+                if fit.pas_key not in self._teacher_of and teacher.serves(request):
+                    self._teacher_of[fit.pas_key] = teacher
+
+    def _release_teacher(self, cell: Cell) -> None:
+        """After a fit is stored: delete its teacher solve from the cache once no fit of this run
+        still reads it, unless solves are kept (--keep-teacher)."""
+        teacher = self._teacher_of.pop(cell.pas_key, None)
+        if teacher is None or self.disk.keep:
+            return
+        if all(other.folder != teacher.folder for other in self._teacher_of.values()):
+            teacher.remove()
 
     def _fit(self, cell: Cell, schedule: str | torch.Tensor) -> Any:
         self._share_teacher(cell)
@@ -395,10 +425,10 @@ class Runner:
         """Run one cell on every rank; rank 0 returns its row (others None)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        # The metric first: a missing reference file stops the cell before any model loads.
+        accumulator = self.accumulator(cell)
         if cell.conditioning is not None:
             self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)
-        # The metric first: a missing reference file stops the cell before any sampling or fit.
-        accumulator = self.accumulator(cell)
         sampling = methods.prepare(self, cell)
         clock, metric_s = self._stream(cell, sampling, accumulator)
         began = time.perf_counter()
@@ -450,6 +480,7 @@ class Runner:
             # Network calls per sample (2 per NFE under guidance), CLIP score, text conditioning.
             "unet_evals": cell.nfe * getattr(self.denoiser(cell), "unet_evals_per_call", 1),
             "clip_score": extra.get("clip_score"), "conditioning": cell.conditioning,
+            "fid_resize": get_dataset(cell.dataset).fid_resize if cell.metric == "fid" else None,
             # Error bars (bench.metrics.frechet): the metric without each seed block, its jackknife SE.
             "blocks": cell.blocks, "value_blocks": extra.get("value_blocks"),
             "value_se": extra.get("value_se"),
@@ -462,7 +493,12 @@ class Runner:
         """Run ``cells`` in order, appending each row as soon as it exists."""
         rows = []
         self._cells = cells
-        self.log.start(len(cells))
+        # Planned costs (a few seconds of timing on analytic datasets) only for the log's ETA.
+        costs = (cell_costs(cells, self.cache_dir, self.device, self.disk) if self.log.enabled
+                 else None)
+        timed = {c.dataset for c in cells if not get_dataset(c.dataset).model_url}
+        self.log.start(len(cells), costs and [(c.dataset, cost) for c, cost in zip(cells, costs)],
+                       timed)
         for cell in tqdm(cells, desc="grid", unit="cell", disable=not self.progress):
             began = time.perf_counter()
             row = self.run_cell(cell)
@@ -509,6 +545,12 @@ def _overrides(args: Namespace) -> Overrides:
     )
 
 
+def _teacher_disk(args: Namespace) -> TeacherDisk:
+    """--teacher-disk and --keep-teacher. Shards keep their solves: another shard's process may
+    still read a solve whose fits this one has stored."""
+    return TeacherDisk(args.teacher_disk * 2**30, keep=args.keep_teacher or args.shard[1] > 1)
+
+
 def _cache_dir(args: Namespace) -> Path:
     from pas.cache import default_cache_dir
 
@@ -529,16 +571,17 @@ def execute(args: Namespace) -> int:
     device = resolve_device(args.device, world)
     if args.dry_run:
         if world.is_main:
-            print(describe_plan(cells, todo, _overrides(args), cache_dir, device))
+            print(describe_plan(cells, todo, _overrides(args), cache_dir, device,
+                                _teacher_disk(args)))
         return 0
-    check_references(todo, _overrides(args))
+    check_references(todo)
     world = distributed.init_world(device)
     try:
         # Rank 0's view of the store decides, so every rank runs the same cells.
         wanted = distributed.from_main(world, [cell.config_hash for cell in todo])
         todo = [cell for cell in cells if cell.config_hash in set(wanted)]
         run_file = RunFile(out, distributed.from_main(world, new_run_id()))
-        runner = Runner(args, world, device, grid.name, run_file, cache_dir)
+        runner = Runner(args, world, device, grid.name, run_file, cache_dir, _teacher_disk(args))
         rows = runner.run(todo)
     finally:
         distributed.close_world(world)

@@ -9,7 +9,10 @@ keeps that promise; for a single fit it is exactly that fit's own grid.
 
 Only the states at the needed times are kept, in a memory-mapped file in the cache, written batch
 by batch. A later request reuses a stored solve whose times include all it needs and whose steps
-are nowhere longer than its own grid's; otherwise it solves once more.
+are nowhere longer than its own grid's; otherwise it solves once more, and then deletes the stored
+solves the new one supersedes. Before a solve, the cache's disk must have room for its states.
+Where one shared solve would hold too many times, ``split_requests`` cuts the requests into
+consecutive parts of at most a given number of times, each solved on its own.
 """
 
 from __future__ import annotations
@@ -149,6 +152,25 @@ def shared_grid(requests: Sequence[TeacherRequest]) -> Tensor:
     return torch.from_numpy(points[chosen].copy())
 
 
+def needed_times(requests: Sequence[TeacherRequest]) -> Tensor:
+    """Every time the requests need, distinct (within SAME_TIME), from large to small: what a
+    solve serving them keeps."""
+    times = np.concatenate([r.times.numpy() for r in requests])
+    return torch.from_numpy(_distinct_descending(times).copy())
+
+
+def split_requests(requests: Sequence[TeacherRequest], max_times: int) -> list[list[int]]:
+    """Indices of ``requests`` cut into consecutive parts whose solves keep at most ``max_times``
+    times each (a request needing more than that alone is a part of its own)."""
+    parts: list[list[int]] = []
+    for index, request in enumerate(requests):
+        if parts and len(needed_times([requests[i] for i in parts[-1]] + [request])) <= max_times:
+            parts[-1].append(index)
+        else:
+            parts.append([index])
+    return parts
+
+
 def _match(wanted: Tensor, stored: Tensor) -> list[int] | None:
     """Index in ``stored`` of each wanted time (within SAME_TIME), or None if one is missing."""
     close = torch.isclose(wanted[:, None], stored[None], rtol=SAME_TIME, atol=0.0)
@@ -188,6 +210,14 @@ class TeacherStates:
         """Denoiser calls per trajectory of the solve (Heun: 2 per step)."""
         return 2 * (len(self.grid) - 1)
 
+    def serves(self, request: TeacherRequest) -> bool:
+        """True when this solve holds what ``request`` needs, on a grid no coarser than its own."""
+        return _covers(self.grid, self.times, request)
+
+    def remove(self) -> None:
+        """Delete the solve from the cache (a later request solves again)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def states(self, times: Tensor, seeds: slice = slice(None)) -> Tensor:
         """The states at ``times`` (each must be stored) of the seeds in ``seeds``: [T, S, ...]."""
         index = _match(times.to(torch.float64).cpu(), self.times)
@@ -195,6 +225,20 @@ class TeacherStates:
             raise ValueError("the teacher solve does not hold the requested times")
         stored = np.load(self.folder / "states.npy", mmap_mode="r")[:, : self.count]
         return torch.from_numpy(np.ascontiguousarray(stored[index, seeds]))
+
+
+def states_bytes(times: int, seeds: int, shape: Sequence[int], dtype: torch.dtype) -> int:
+    """Bytes on disk of a solve keeping ``times`` states of ``seeds`` samples of ``shape``."""
+    return times * seeds * math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+
+
+def _check_free_disk(root: Path, needed: int) -> None:
+    """ValueError when the disk holding ``root`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise ValueError(f"not enough free disk for the teacher's states: {needed / 2**30:,.1f} "
+                         f"GiB needed, {free / 2**30:,.1f} GiB free in {root}; free some space or "
+                         "use a cache folder on a larger disk (--cache-dir)")
 
 
 def seed_range(seeds: Sequence[int]) -> list[int] | None:
@@ -315,9 +359,12 @@ def teacher_states(
     batch_size: int = 256,
     cache_dir: str | Path,
     progress: bool = True,
+    prune: bool = True,
 ) -> TeacherStates:
     """The teacher's states at every time of ``requests`` for ``seeds``: from a stored solve that
-    serves them all, else from one new solve on their shared grid (then stored)."""
+    serves them all, else from one new solve on their shared grid (then stored, and with
+    ``prune`` the stored solves it supersedes are deleted; pass False while other processes may
+    read them)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown PAS teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
     identity = _identity(denoiser, seeds, teacher, dtype)
@@ -329,6 +376,8 @@ def teacher_states(
         found = _solve_and_store(
             denoiser, requests, root, identity, seeds, dtype, device, batch_size, progress
         )
+        if prune:
+            _remove_superseded(root, *found[:2])
     folder, config, grid = found
     return TeacherStates(
         folder=folder,
@@ -356,10 +405,9 @@ def _solve_and_store(
     when complete, so a reader never sees a partial solve)."""
     began = time.perf_counter()
     grid = shared_grid(requests)
-    needed = torch.from_numpy(
-        _distinct_descending(np.concatenate([r.times.numpy() for r in requests])).copy()
-    )
+    needed = needed_times(requests)
     root.mkdir(parents=True, exist_ok=True)
+    _check_free_disk(root, states_bytes(len(needed), len(seeds), denoiser.shape, dtype))
     work = Path(tempfile.mkdtemp(dir=root, prefix=".solving-"))
     try:
         _solve(denoiser, grid, _match(needed, grid), seeds, dtype, device, batch_size, progress,
@@ -374,3 +422,23 @@ def _solve_and_store(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return folder, config, grid
+
+
+def _supersedes(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """True when the solve ``new`` serves every request ``old`` does: as many seeds, every time
+    ``old`` kept, and a grid that refines ``old``'s (each of its steps lies inside one of old's,
+    so none is longer than a step that satisfied a request)."""
+    def inside(values: list[float], among: list[float]) -> bool:
+        return _match(torch.tensor(values, dtype=torch.float64),
+                      torch.tensor(among, dtype=torch.float64)) is not None
+
+    return (new["count"] >= old["count"] and inside(old["times"], new["times"])
+            and inside(old["grid"], new["grid"]))
+
+
+def _remove_superseded(root: Path, folder: Path, config: dict[str, Any]) -> None:
+    """Delete the other stored solves under ``root`` that the new one at ``folder`` supersedes."""
+    for other in (f for f in sorted(root.iterdir()) if f != folder and not f.name.startswith(".")):
+        opened = _open(other, config["identity"], 0)
+        if opened and _supersedes(config, opened[0]):
+            shutil.rmtree(other, ignore_errors=True)

@@ -6,6 +6,7 @@ from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
 from bench.errors import UserError
 from bench.metrics.inception import (
+    clean_resize,
     default_weights_path,
     inception_features,
     load_inception,
@@ -108,3 +109,25 @@ def test_images_are_quantised_like_edm_png_export(model, images):
     assert torch.equal(
         uint8_features(model, grey), uint8_features(model, grey.expand(-1, 3, -1, -1))
     )
+
+
+def test_clean_resize_crops_the_center_square_and_resizes_bicubic():
+    # 20 rows x 40 columns: the center 20x20 square is a ramp 0, 10, ..., 190 along the columns,
+    # the 10 columns either side are 255 (cropped away).
+    pixels = torch.full((2, 3, 20, 40), 255, dtype=torch.uint8)
+    pixels[..., 10:30] = (torch.arange(20) * 10).to(torch.uint8)
+    out = clean_resize(pixels)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.uint8
+    assert out.max() <= 200  # nothing of the 255 borders survives
+    # Bicubic reproduces a linear ramp away from the edges: output column u samples the source at
+    # (u + 0.5) * 20 / 299 - 0.5, so its value is 10 times that, up to the 8-bit rounding.
+    where = (torch.arange(299, dtype=torch.float64) + 0.5) * 20 / 299 - 0.5
+    inner = (where >= 2) & (where <= 17)
+    expected = 10 * where[inner]
+    assert (out[..., inner].double() - expected).abs().max() <= 0.5 + 1e-9
+    assert (out == out[:, :, :1]).all()  # every row alike, as the source's
+
+
+def test_clean_resize_keeps_a_flat_grey_image_exactly():
+    pixels = torch.full((1, 1, 64, 48), 77, dtype=torch.uint8)
+    assert (clean_resize(pixels) == 77).all() and clean_resize(pixels).shape == (1, 1, 299, 299)

@@ -4,13 +4,19 @@ GITS on CIFAR-10) in the published settings, planned without downloading anythin
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 
-from bench.grids import load_grid
+import pytest
+
+from bench.cli import parse_args
+from bench.errors import UserError
+from bench.grids import load_grid, parse_grid
+from bench.models.ms_coco import COCO_FID_STATS_URL
 from bench.models.registry import get_dataset
-from bench.plan import build_plan
+from bench.plan import Overrides, build_plan
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 # Solver entries of the grid; ipndm3 is ipndm at order 3, PAS's run.sh setting.
@@ -53,18 +59,23 @@ REFERENCE = {
 }
 
 
-def test_dry_run_lists_all_284_cells_and_downloads_nothing(tmp_path):
+def _paper(tmp_path, *extra, offline=False):
     env = {
         **os.environ,
         "PASBENCH_CACHE": str(tmp_path / "cache"),
         "TORCH_HOME": str(tmp_path / "torch"),
         "OMP_NUM_THREADS": "1",
+        "PASBENCH_OFFLINE": "1" if offline else "",
     }
-    command = [sys.executable, "-m", "bench.run", "--grid", "paper", "--dry-run"]
+    command = [sys.executable, "-m", "bench.run", "--grid", "paper", *extra]
     command += ["--out", str(tmp_path / "results")]
-    done = subprocess.run(
+    return subprocess.run(
         command, env=env, capture_output=True, check=False, text=True, timeout=120
     )
+
+
+def test_dry_run_lists_all_284_cells_and_downloads_nothing(tmp_path):
+    done = _paper(tmp_path, "--dry-run")
     assert done.returncode == 0, done.stderr
     rows = Counter()
     for line in done.stdout.splitlines():
@@ -74,19 +85,109 @@ def test_dry_run_lists_all_284_cells_and_downloads_nothing(tmp_path):
     assert rows == CELLS and rows.total() == 284
     # 8 GITS searches on one 61-point Heun teacher (256 seeds x 120 NFE), 60 directions each.
     assert f"gits_teacher {256 * 120:,}, gits_search {8 * 60 * 256:,}" in done.stdout
-    # One teacher solve per dataset serves its 5 solvers x its NFEs; a fit holds the states of
-    # its NFE + 1 times for the 5,000 + 500 held-out float32 trajectories.
+    # One teacher solve per dataset serves its 6 solver entries x its NFEs (LSUN Bedroom's in
+    # parts: see below); a fit holds the states of its NFE + 1 times for the 5,000 + 500
+    # held-out float32 trajectories.
     for name in DATASETS:
         fits = len(SOLVERS) * len(NFES[name])
         held = 11 * 5500 * math.prod(get_dataset(name).shape) * 4 / 2**30
-        line = next(x for x in done.stdout.splitlines() if x.startswith(f"PAS teacher for {name}:"))
-        assert f"one solve for {fits} fit(s)" in line and "x 5,500 seeds" in line
-        assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
+        lines = [x for x in done.stdout.splitlines()
+                 if re.match(rf"PAS teacher for {name}( \(part \d of \d\))?:", x)]
+        counts = [int(re.search(r"one solve for (\d+) fit", x)[1]) for x in lines]
+        assert sum(counts) == fits and len(lines) == (3 if name == "lsun_bedroom" else 1)
+        for line in lines:
+            assert "x 5,500 seeds" in line
+            assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
+    # The teacher cache on disk: per dataset its largest solve (21 of LSUN's 59 times per part,
+    # the other datasets' 59 times in one solve), and the plan's peak, at most 150 GiB.
+    disk = {m[1]: float(m[2].replace(",", "")) for m in re.finditer(
+        r"PAS teacher cache for (\w+): ([\d,.]+) GiB on disk at most", done.stdout)}
+    expected = {name: (21 if name == "lsun_bedroom" else 59) * 5500
+                * math.prod(get_dataset(name).shape) * 4 / 2**30 for name in [*DATASETS, "ms_coco"]}
+    assert disk == {name: round(size, 1) for name, size in expected.items()}
+    # The dry run closes with the plan's peak teacher cache on disk.
+    peak = re.fullmatch(r"PAS teacher cache on disk for the plan: ([\d,.]+) GiB at peak",
+                        done.stdout.splitlines()[-1])
+    assert float(peak[1]) == max(disk.values()) <= 150
+    assert "the 3 solves cost 2,761,000 evaluations, one shared solve 1,342,000 for 237.7 GiB" in (
+        done.stdout)
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
     assert "MS-COCO_val2014_30k_captions.csv" in done.stdout
+    # A reference for every FID dataset: the published statistics, to download.
+    references = [x for x in done.stdout.splitlines() if x.startswith("FID reference for ")]
+    assert references == [
+        f"FID reference for {name}: {get_dataset(name).ref_stats_url} (to download); "
+        f"{'clean' if name == 'ms_coco' else 'bilinear'} resize to 299x299"
+        for name in [*DATASETS, "ms_coco"]]
+    assert get_dataset("ms_coco").ref_stats_url == COCO_FID_STATS_URL
+    assert COCO_FID_STATS_URL.endswith("text2image-benchmark/releases/download/v0.0.1/"
+                                       "MS-COCO_val2014_fid_stats.npz")
     assert not any(path.is_file() for path in tmp_path.rglob("*"))
+
+
+def test_offline_paper_run_stops_at_its_first_download(tmp_path):
+    """Every FID dataset has a reference, so an offline run gets past planning and stops, exit 2
+    with one line, at the first file it needs: the Inception weights of the first cell."""
+    done = _paper(tmp_path, "--device", "cpu", offline=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert line.startswith("bench.run: error: cannot download https://") and "PASBENCH_OFFLINE" in line
+    assert line.endswith(f"place it at {weights}")
+
+
+def test_ref_stats_parse_as_dataset_path_pairs():
+    given = ["--ref-stats", "cifar10=c.npz", "--ref-stats", "./a=b.npz"]
+    assert parse_args(given).ref_stats == {"cifar10": "c.npz", None: "./a=b.npz"}
+    assert parse_args([]).ref_stats is None
+    with pytest.raises(UserError, match="--ref-stats cifar10=PATH is given twice"):
+        parse_args([*given, "--ref-stats", "cifar10=d.npz"])
+    with pytest.raises(UserError, match="expected DATASET=PATH"):
+        parse_args(["--ref-stats", "cifar10="])
+
+
+def test_ref_stats_choose_each_datasets_reference(tmp_path):
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"statistics")
+    grid = load_grid("paper")
+    default = {c.config_hash: c for c in build_plan(grid)}
+    cells = build_plan(grid, Overrides(ref_stats={"cifar10": str(mine), "ms_coco": "https://x/y.npz"}))
+    by_dataset = {c.dataset: c.reference for c in cells}
+    assert by_dataset == {"cifar10": str(mine), "ffhq": get_dataset("ffhq").ref_stats_url,
+                          "imagenet64": get_dataset("imagenet64").ref_stats_url,
+                          "lsun_bedroom": get_dataset("lsun_bedroom").ref_stats_url,
+                          "ms_coco": "https://x/y.npz"}
+    # Only the cells whose reference changed get new hashes.
+    changed = {c.dataset for c in cells if c.config_hash not in default}
+    assert changed == {"cifar10", "ms_coco"}
+    # A bare path serves a plan with one FID dataset, else it must be named.
+    (one,) = {c.reference for c in build_plan(grid, Overrides(datasets=["ffhq"],
+                                                               ref_stats={None: str(mine)}))}
+    assert one == str(mine)
+    with pytest.raises(UserError, match="--ref-stats PATH needs exactly one FID dataset"):
+        build_plan(grid, Overrides(ref_stats={None: str(mine)}))
+    with pytest.raises(UserError, match="afhqv2 is not an FID dataset of this plan"):
+        build_plan(grid, Overrides(ref_stats={"afhqv2": str(mine)}))
+    with pytest.raises(UserError, match="no such file"):
+        build_plan(grid, Overrides(ref_stats={"cifar10": str(tmp_path / "absent.npz")}))
+
+
+def test_grid_key_ref_stats_and_the_command_line_over_it(tmp_path):
+    mine, other = tmp_path / "mine.npz", tmp_path / "other.npz"
+    mine.write_bytes(b"1")
+    other.write_bytes(b"2")
+    text = {"grid": {"datasets": ["cifar10", "ffhq"], "solvers": ["ddim"], "nfe": [5],
+                     "pas": "off"},
+            "datasets": {"cifar10": {"ref_stats": str(mine)}}}
+    grid = parse_grid(text, "test.toml", "test")
+    assert {c.dataset: c.reference for c in build_plan(grid)} == {
+        "cifar10": str(mine), "ffhq": get_dataset("ffhq").ref_stats_url}
+    overridden = build_plan(grid, Overrides(ref_stats={"cifar10": str(other)}))
+    assert overridden[0].reference == str(other)
+    with pytest.raises(UserError, match="ref_stats must be a path or URL string"):
+        parse_grid({**text, "datasets": {"cifar10": {"ref_stats": 3}}}, "bad.toml", "bad")
 
 
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():

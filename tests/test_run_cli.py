@@ -39,6 +39,8 @@ BAD_ARGS = [
     (["--shard", "one/two"], "--shard must look like i/N"),
     (["--num-samples", "-3"], "positive integer"),
     (["--blocks", "0"], "positive integer"),
+    (["--teacher-disk", "0"], "expected a positive number, got '0'"),
+    (["--ref-stats", "a.npz"], "--ref-stats PATH needs exactly one FID dataset in the plan, got none"),
     (["--num-samples", "1", "--datasets", "gmm2d"],
      "gmm2d: the fd metric needs at least 2 samples per cell for its covariance, got --num-samples 1"),
     (["--datasets", ","], "argument --datasets: expected a name, got ','"),
@@ -157,7 +159,8 @@ def test_help_explains_every_option(capsys):
     for option in ("--grid", "--datasets", "--solvers", "--nfe", "--pas", "--num-samples",
                    "--batch-size", "--device", "--dtype", "--out", "--cache-dir", "--force",
                    "--shard", "--dry-run", "--quiet", "--save-images", "--precision",
-                   "--model-path", "--ref-stats", "--inception-weights", "--blocks"):
+                   "--model-path", "--ref-stats", "--inception-weights", "--blocks",
+                   "--keep-teacher", "--teacher-disk"):
         assert option in text
 
 

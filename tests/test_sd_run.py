@@ -85,6 +85,7 @@ def test_two_cell_grid_with_pas_runs_scores_and_resumes(files, tmp_path, capsys,
         assert math.isfinite(row["value"]) and row["value"] > 0
         assert 0 <= row["clip_score"] <= 100 and row["clip_score"] > 0
         assert row["nfe"] == 4 and row["unet_evals"] == 8  # guided: one 2B UNet call per step
+        assert row["fid_resize"] == "clean"  # as the published MS-COCO statistics were made
     assert rows[1]["pas_params"] is not None and rows[1]["pas_params"] > 0
     assert rows[0]["conditioning"] == {"guidance": 7.5, "prompt": None,
                                        "captions": str(files["captions"])}
@@ -134,7 +135,14 @@ def test_too_few_captions_stop_the_plan(files, tmp_path, capsys, count, pas, nee
            needle)
 
 
-def test_no_reference_statistics_stop_before_any_work(files, tmp_path, capsys):
+def test_offline_default_reference_says_what_to_place_where(files, tmp_path, capsys,
+                                                           monkeypatch):
+    """Without --ref-stats, ms_coco's published statistics are downloaded; offline, the run stops
+    there with the URL and the cache path to put the file at."""
+    monkeypatch.setenv("PASBENCH_OFFLINE", "1")
     argv = _argv(files, tmp_path, "--pas", "off")
     at = argv.index("--ref-stats")
-    _fails(capsys, argv[:at] + argv[at + 2:], tmp_path, "ms_coco", "--ref-stats")
+    place = (tmp_path / "cache" / "downloads" / "github.com" / "boomb0om" / "text2image-benchmark"
+             / "releases" / "download" / "v0.0.1" / "MS-COCO_val2014_fid_stats.npz")
+    _fails(capsys, argv[:at] + argv[at + 2:], tmp_path, "cannot download", f"place it at {place}",
+           "text2image-benchmark/releases/download/v0.0.1/MS-COCO_val2014_fid_stats.npz")

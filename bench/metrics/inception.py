@@ -8,7 +8,10 @@ images to 299x299 with different bilinear kernels, which typically moves an FID 
 hundredths. For exact agreement build your own reference with ``python -m bench.metrics.fid_ref``.
 
 Images are quantised to 8 bits first, with EDM's PNG export rule, so features computed in memory
-equal those computed from the PNG files the reference pipelines write.
+equal those computed from the PNG files the reference pipelines write. How they then reach 299x299
+follows the dataset's reference statistics (``RESIZES``): pytorch-fid's own bilinear resize inside
+the network, or the "clean" resize of the text-to-image benchmark whose MS-COCO statistics
+ms_coco uses (center crop, PIL bicubic to 299x299, rounded back to 8 bits).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytorch_fid.inception as fid_inception
 import torch
 from torch import Tensor
@@ -26,6 +30,12 @@ from bench.errors import UserError
 FID_WEIGHTS_URL = fid_inception.FID_WEIGHTS_URL
 FEATURE_DIM = 2048
 _POOL_BLOCK = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
+INCEPTION_SIZE = 299
+# What each resize does (stated in the README and, by name, in every FID row's fid_resize).
+RESIZES = {
+    "bilinear": "pytorch-fid's bilinear resize to 299x299 inside the network",
+    "clean": "center crop to a square, PIL bicubic resize to 299x299, rounded to 8 bits",
+}
 
 
 def default_weights_path() -> Path:
@@ -142,6 +152,23 @@ def uint8_features(model: torch.nn.Module, pixels: Tensor) -> Tensor:
     return features.reshape(features.shape[0], -1).double()
 
 
-def inception_features(model: torch.nn.Module, images: Tensor) -> Tensor:
-    """Pool features, float64 ``[B, 2048]``, of images in [-1, 1] (quantised to 8 bits first)."""
-    return uint8_features(model, to_uint8(images))
+def clean_resize(pixels: Tensor) -> Tensor:
+    """8-bit images ``[B, C, H, W]`` center-cropped to a square and resized to 299x299 with PIL's
+    bicubic filter, rounded back to 8 bits (the "clean" resize)."""
+    from PIL import Image  # lazy: only the clean resize needs it
+
+    side = min(pixels.shape[-2:])
+    top, left = (pixels.shape[-2] - side) // 2, (pixels.shape[-1] - side) // 2
+    square = pixels[..., top:top + side, left:left + side].permute(0, 2, 3, 1).cpu().numpy()
+    size = (INCEPTION_SIZE, INCEPTION_SIZE)
+    resized = [np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+                          .resize(size, resample=Image.BICUBIC)) for image in square]
+    stacked = np.stack(resized).reshape(len(resized), *size, -1)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+def inception_features(model: torch.nn.Module, images: Tensor, resize: str = "bilinear") -> Tensor:
+    """Pool features, float64 ``[B, 2048]``, of images in [-1, 1] (quantised to 8 bits first),
+    brought to 299x299 by ``resize`` (a key of ``RESIZES``)."""
+    pixels = to_uint8(images)
+    return uint8_features(model, clean_resize(pixels) if resize == "clean" else pixels)

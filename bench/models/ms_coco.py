@@ -3,9 +3,12 @@
 The model is SD v1.5 in diffusers format (bench.models.sd), by default the community-maintained
 repository ``stable-diffusion-v1-5/stable-diffusion-v1-5`` on the Hugging Face Hub; sample n is
 conditioned on caption n of the 30k-caption CSV (bench.models.prompts) with classifier-free guidance
-(7.5 by default). FID needs MS-COCO reference statistics (``--ref-stats``, e.g. the reference
-toolbox's ``ms_coco-512x512.npz``, or ``python -m bench.metrics.fid_ref --center-crop 512`` over COCO
-val2014 images); there is no public URL to fetch them from.
+(7.5 by default). FID's reference is, by default, the MS-COCO val2014 statistics published with
+that captions file (boomb0om/text2image-benchmark release v0.0.1), computed with pytorch-fid's
+Inception after its "clean" resize; the decoded images get the same resize before Inception
+(bench.metrics.inception.clean_resize). Other statistics (the reference toolbox's
+``ms_coco-512x512.npz``, or ``python -m bench.metrics.fid_ref --center-crop 512`` over COCO val2014
+images) go in with ``--ref-stats ms_coco=PATH``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ from typing import Any
 import torch
 
 from bench.downloads import cached_path, is_url
-from bench.models.prompts import COCO_CAPTIONS_URL, captions_path, read_captions, single_prompt
+from bench.models.prompts import (
+    BENCHMARK_RELEASE_URL,
+    COCO_CAPTIONS_URL,
+    captions_path,
+    read_captions,
+    single_prompt,
+)
 from bench.models.sd import (
     SD_HUB_ID,
     SD_MODEL_URL,
@@ -28,6 +37,7 @@ from bench.models.sd import (
 from bench.models.spec import DatasetSpec
 
 DEFAULT_GUIDANCE = 7.5
+COCO_FID_STATS_URL = BENCHMARK_RELEASE_URL + "MS-COCO_val2014_fid_stats.npz"
 
 
 def text_conditioning(guidance: float | None, prompt: str | None, captions: str | None) -> dict[str, Any]:
@@ -81,8 +91,9 @@ def required_downloads(spec: DatasetSpec, model_path: str | Path | None = None,
         rows.append(_file_row(captions, cached_path(captions, cache_dir)))
     if clip_model is None or not Path(clip_model).is_dir():
         rows.append(_hub_row(clip_model or CLIP_MODEL_ID, hub))
-    if ref_stats is not None and is_url(ref_stats):
-        rows.append(_file_row(str(ref_stats), cached_path(str(ref_stats), cache_dir)))
+    reference = ref_stats or spec.ref_stats_url
+    if reference is not None and is_url(reference):
+        rows.append(_file_row(str(reference), cached_path(str(reference), cache_dir)))
     rows.append(_file_row(FID_WEIGHTS_URL, default_weights_path()))
     return rows
 
@@ -112,6 +123,8 @@ MS_COCO = DatasetSpec(
     description="Stable Diffusion v1.5 latents, MS-COCO val2014 captions, guidance 7.5; FID and "
                 "CLIP score of the 512x512 decoded images",
     model_url=SD_MODEL_URL,
+    ref_stats_url=COCO_FID_STATS_URL,
     guidance=DEFAULT_GUIDANCE,
     downloads=required_downloads,
+    fid_resize="clean",
 )

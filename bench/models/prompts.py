@@ -17,8 +17,10 @@ from pathlib import Path
 from bench.downloads import cached_path, fetch, is_url
 from bench.errors import UserError
 
-COCO_CAPTIONS_URL = ("https://github.com/boomb0om/text2image-benchmark/releases/download/v0.0.1/"
-                     "MS-COCO_val2014_30k_captions.csv")
+# The text-to-image benchmark release that ships the captions (and ms_coco's FID statistics).
+BENCHMARK_RELEASE_URL = ("https://github.com/boomb0om/text2image-benchmark/releases/download/"
+                         "v0.0.1/")
+COCO_CAPTIONS_URL = BENCHMARK_RELEASE_URL + "MS-COCO_val2014_30k_captions.csv"
 CAPTION_COLUMN = "caption"
 TEACHER_POOL = 1000
 

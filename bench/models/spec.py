@@ -29,3 +29,6 @@ class DatasetSpec:
     guidance: float | None = None
     # (spec, model_path, ref_stats, cache_dir, **kw) -> [(source, path, present)]; None: EDM's.
     downloads: Callable[..., list] | None = field(default=None, repr=False)
+    # How FID images reach Inception's 299x299 (bench.metrics.inception.RESIZES): the resize the
+    # reference statistics were computed with.
+    fid_resize: str = "bilinear"

@@ -25,7 +25,6 @@ from sd_tiny import write_captions, write_clip, write_pipeline
 from bench.distributed import World
 from bench.grids import Grid
 from bench.metrics.inception import FEATURE_DIM, load_inception
-from bench.models.registry import get_dataset
 from bench.plan import Overrides, build_plan
 from bench.results import RunFile
 from bench.run import Runner
@@ -75,7 +74,7 @@ def test_sd_cell_overhead(benchmark, tmp_path):
     np.savez(tmp_path / "ref.npz", mu=rng.normal(size=FEATURE_DIM), sigma=factor @ factor.T)
     grid = Grid(name="sd-overhead", source="-", datasets=("ms_coco",), solvers=("ddim",),
                 nfe=(10,), pas="off", num_samples=SAMPLES)
-    overrides = Overrides(model_path=str(model), ref_stats=str(tmp_path / "ref.npz"),
+    overrides = Overrides(model_path=str(model), ref_stats={"ms_coco": str(tmp_path / "ref.npz")},
                           inception_weights=str(weights), captions=str(captions),
                           clip_model=str(clip))
     (cell,) = build_plan(grid, overrides)
@@ -87,7 +86,7 @@ def test_sd_cell_overhead(benchmark, tmp_path):
     # Once-per-run work (loading the networks and the reference) is done before timing.
     denoiser = runner.denoiser(cell)
     runner.accumulator(cell)
-    _, reference = runner.metric(get_dataset("ms_coco"))
+    _, reference = runner.metric(cell)
     clock = Clock()
     parts = denoiser.parts
     for module, label in ((parts.unet, "unet"), (parts.vae, "vae"), (runner._inception,
