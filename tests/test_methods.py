@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from run_helpers import assert_same_numbers, by_hash, read_rows, run_cli
+from run_helpers import assert_same_numbers, by_hash, local_cifar10_options, read_rows, run_cli
 
 import amed
 import gits
@@ -96,16 +96,20 @@ def test_methods_override_and_bad_method_tables():
                    Overrides(solvers=["ddim", "heun"], nfe=[4], pas="off"))
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One small run of the grid: 13 cells on gmm2d."""
-    root = tmp_path_factory.mktemp("methods")
+def _run_grid(root, text: str):
+    """Run the grid ``text`` into root/out with the cache root/cache; returns ``root``."""
     grid = root / "grid.toml"
-    grid.write_text(GRID)
+    grid.write_text(text)
     argv = ["--grid", str(grid), "--out", str(root / "out"), "--cache-dir", str(root / "cache"),
             "--quiet"]
     assert main(argv) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One small run of the grid: 13 cells on gmm2d."""
+    return _run_grid(tmp_path_factory.mktemp("methods"), GRID)
 
 
 def test_run_stores_the_method_and_the_searched_schedule(store):
@@ -214,15 +218,8 @@ def test_two_gloo_ranks_search_once_and_match_one_process(tmp_path):
     assert_same_numbers(two, one)
 
 
-AMED_GRID = """
-[grid]
-datasets = ["gmm2d"]
-solvers = ["ddim", "ipndm"]
-nfe = [4, 5]
-num_samples = 200
-batch_size = 200
-blocks = 4
-dtype = "float64"
+# GRID's [grid] table in float64 without PAS, and AMED with small training settings.
+AMED_GRID = GRID.split("[pas]")[0] + """dtype = "float64"
 pas = "off"
 [methods.amed]
 trajectories = 48
@@ -267,13 +264,7 @@ def test_amed_bad_nfe_is_one_line_on_stderr(tmp_path):
 @pytest.fixture(scope="module")
 def amed_store(tmp_path_factory):
     """One small float64 run with AMED cells: 8 cells on gmm2d."""
-    root = tmp_path_factory.mktemp("amed")
-    grid = root / "grid.toml"
-    grid.write_text(AMED_GRID)
-    argv = ["--grid", str(grid), "--out", str(root / "out"), "--cache-dir", str(root / "cache"),
-            "--quiet"]
-    assert main(argv) == 0
-    return root
+    return _run_grid(tmp_path_factory.mktemp("amed"), AMED_GRID)
 
 
 def test_amed_run_samples_with_the_trained_predictor(amed_store):
@@ -328,3 +319,22 @@ def test_amed_dry_run_report_and_compare(amed_store, capsys):
     assert gains.text.at["iPNDM + AMED", "4"].startswith(f"{100 * expected:+.1f}% ± ")
     assert compare_main([str(amed_store / "out"), str(amed_store / "out")]) == 0
     assert capsys.readouterr().out.startswith("8 cells matched, 0 changed")
+
+
+def test_amed_cell_on_a_checkpoint_trains_on_its_bottleneck(tmp_path):
+    """A tiny EDM-format network as the CIFAR-10 checkpoint: the predictor reads the bottleneck
+    hook (64 pooled numbers), and the cell samples with it."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\ndatasets = ["cifar10"]\nsolvers = ["ipndm"]\nnfe = [4]\n'
+                    'num_samples = 6\nbatch_size = 6\nblocks = 2\npas = "off"\n'
+                    "[methods.amed]\ntrajectories = 4\nteacher_nfe = 8\n")
+    argv = ["--grid", str(grid), *local_cifar10_options(tmp_path), "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 0
+    base, trained = read_rows(tmp_path / "out")
+    assert (base["method"], trained["method"]) == ("base", "amed")
+    assert trained["method_fit"]["amed"]["features"] == "bottleneck"
+    (path,) = (tmp_path / "cache" / "amed").glob("*.json")
+    art = amed.AMEDArtifact.load(path)
+    assert art.feature_dim == 64 and art.training["trajectories"] == 4
+    assert np.isfinite(trained["value"]) and trained["value"] != base["value"]
