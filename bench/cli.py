@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="off: base solvers only; on: PAS-corrected only; both: each cell with and without "
              "(PAS's peers follow --methods)")
     add("--methods", nargs="+", type=_names, action="extend", metavar="NAME",
-        help="PAS's peers to run besides base/PAS: gits, gits_pas (default: the grid's "
+        help="PAS's peers to run besides base/PAS: gits, gits_pas, amed (default: the grid's "
              "[methods.*] tables; none: no peers)")
     add("--num-samples", type=_positive, metavar="N",
         help="samples per cell (seeds 0..N-1) for every dataset, overriding the grid")

@@ -1,4 +1,4 @@
-"""PAS's peers in the same grid: the method axis (base, PAS, GITS, GITS + PAS).
+"""PAS's peers in the same grid: the method axis (base, PAS, GITS, GITS + PAS, AMED).
 
 A method is a list of *fitters* run in order before a cell samples; each takes the cell's
 :class:`Sampling` (its schedule and correction hook) and returns the one to use next:
@@ -6,11 +6,14 @@ A method is a list of *fitters* run in order before a cell samples; each takes t
 - ``gits``: searches the solver's schedule (the ``gits`` package) on a Heun teacher over its fine
   grid; the schedule replaces the cell's named one.
 - ``pas``: fits a PAS correction on the schedule it is given (pas.fit).
+- ``amed``: trains the AMED plug-in's predictor (the ``amed`` package) on a Heun teacher at the
+  plug-in's times; the cell then samples with it (``Sampling.sample``) instead of the plain solver.
 
 So GITS + PAS is PAS fitted on the GITS schedule. A fitter's settings live in the grid's
 ``[methods.<fitter>]`` table (PAS: ``[pas]``); a ``[methods.<method>]`` table turns a method on for
 the grid and may narrow it with ``datasets``, ``solvers`` and ``nfe``. Adding a method (AMED) is
-one entry in METHODS and, for a new kind of fit, one entry in FITTERS and FITTER_DEFAULTS.
+one entry in METHODS and, for a new kind of fit, one entry in FITTERS, FITTER_DEFAULTS and
+FITTER_CHECKS.
 
 Cells of ``base`` and ``pas`` hash exactly as before the axis existed (their identity holds no
 method), so older stores still match them; the other methods add ``method`` and their fitters'
@@ -18,26 +21,38 @@ settings to the identity.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+import amed
 import gits
 import pas
 import solvers
 from bench.errors import UserError
+from bench.models import get_dataset
+from bench.models.bottleneck import BottleneckFeatures
 
 if TYPE_CHECKING:
     from bench.plan import Cell
 
 # Keys of a [methods.<method>] table that choose its cells rather than set a fitter.
 SELECTION_KEYS = ("datasets", "solvers", "nfe")
-# The teacher behind the GITS search (the only one pas.teacher offers).
+# The teacher behind the GITS search and AMED's training (the only one pas.teacher offers).
 GITS_TEACHER = "heun"
+# amed.fit's keywords that a [methods.amed] table may set (their defaults are amed.fit's).
+AMED_FIT_KEYS = ("trajectories", "teacher_nfe", "batch_size", "epochs", "lr", "seed", "scale_dir",
+                 "scale_time", "hidden_dim")
+# When an AMED cell runs with AFS: "auto" when its NFE's parity needs it (the official tables' odd
+# NFEs), "on" or "off" always (a cell whose NFE then does not fit is a plan error).
+AMED_AFS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -60,22 +75,31 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("gits", "GITS", "GITS: the schedule searched by dynamic programming (ICML 2024)",
            ("gits",)),
     Method("gits_pas", "GITS + PAS", "PAS fitted on the GITS schedule", ("gits", "pas")),
+    Method("amed", "AMED", "AMED plug-in: a learned intermediate time in every step (CVPR 2024)",
+           ("amed",)),
 ]}
 # Methods a grid turns on with a [methods.<name>] table (base and PAS follow `pas`).
 PEERS = tuple(name for name in METHODS if name not in ("base", "pas"))
-FITTER_DEFAULTS: dict[str, dict[str, Any]] = {"gits": gits.DEFAULTS}
+FITTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gits": gits.DEFAULTS,
+    "amed": {"afs": "auto", **{name: p.default for name, p in
+                               inspect.signature(amed.fit).parameters.items()
+                               if name in AMED_FIT_KEYS}},
+}
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How a cell samples: its schedule (a name or explicit times), the correction hook, the PAS
     artifact behind it (for the row's PAS fields) and what the other fitters report, by fitter
-    (the row's ``method_fit``)."""
+    (the row's ``method_fit``). ``sample``, when set, replaces solvers.sample:
+    ``sample(denoiser, latents, labels, trajectory)`` returns what solvers.sample would (AMED)."""
 
     schedule: str | torch.Tensor
     correction: Any = None
     artifact: Any = None
     fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sample: Callable[[Any, torch.Tensor, torch.Tensor | None, bool], Any] | None = None
 
 
 def peer_names(names: list[str] | None) -> list[str]:
@@ -104,7 +128,7 @@ def fitter_settings(tables: dict[str, dict[str, Any]], fitter: str) -> dict[str,
             raise UserError(f"[methods.{fitter}] {key} must be a {type(default).__name__}, "
                             f"got {value!r}")
     settings = {**defaults, **chosen}
-    _check_gits(settings)
+    FITTER_CHECKS[fitter](settings)
     return settings
 
 
@@ -119,20 +143,63 @@ def _check_gits(settings: dict[str, Any]) -> None:
         raise UserError(f"[methods.gits] coeff must be positive, got {settings['coeff']}")
 
 
+def _check_amed(settings: dict[str, Any]) -> None:
+    if settings["afs"] not in AMED_AFS:
+        raise UserError(f"[methods.amed] afs must be one of {', '.join(AMED_AFS)}, "
+                        f"got {settings['afs']!r}")
+    for key in ("trajectories", "teacher_nfe", "batch_size", "epochs", "hidden_dim"):
+        low = 0 if key == "epochs" else 1
+        if settings[key] < low:
+            raise UserError(f"[methods.amed] {key} must be at least {low}, got {settings[key]}")
+    if not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
+        raise UserError(f"[methods.amed] lr must be positive, got {settings['lr']}")
+    for key in ("scale_dir", "scale_time"):
+        if not (math.isfinite(settings[key]) and settings[key] >= 0):
+            raise UserError(f"[methods.amed] {key} must be >= 0, got {settings[key]}")
+
+
+FITTER_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"gits": _check_gits,
+                                                               "amed": _check_amed}
+
+
 def selected(table: dict[str, Any], dataset: str, solver: str, nfe: int) -> bool:
     """Whether a [methods.<method>] table's ``datasets``/``solvers``/``nfe`` lists keep a cell."""
     return all(table.get(key) is None or value in table[key]
                for key, value in (("datasets", dataset), ("solvers", solver), ("nfe", nfe)))
 
 
-def check_steps(settings: dict[str, Any] | None, steps: int, where: str) -> None:
-    """A GITS path of ``steps`` steps must fit the fine grid (with AFS, its inserted free step
-    is a grid point too)."""
+def check_cell(settings: dict[str, Any] | None, solver: str, nfe: int, steps: int,
+               options: dict[str, Any], where: str) -> None:
+    """A peer's plan-time checks of a cell. GITS: a path of ``steps`` steps must fit the fine
+    grid (with AFS, its inserted free step is a grid point too). AMED: the solver must be one it
+    plugs into and the NFE must be 2N (2N - 1 with AFS, + 1 with denoise_to_zero)."""
     if settings and "gits" in settings:
         points = settings["gits"]["points"]
         if steps > points - 1:
             raise UserError(f"{where}: GITS cannot pick {steps} steps from {points} fine-grid "
                             "points; raise [methods.gits] points")
+    if settings and "amed" in settings:
+        if solvers.get_solver(solver).name not in amed.BASES:
+            raise UserError(f"{where}: AMED plugs into {', '.join(amed.BASES)} (euler = ddim), "
+                            f"not {solver}")
+        try:
+            amed_steps(settings["amed"], nfe, options)
+        except ValueError as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+
+def amed_options(settings: dict[str, Any], nfe: int, options: dict[str, Any]) -> dict[str, Any]:
+    """The solver options an AMED cell runs with: the cell's, with AFS as ``settings["afs"]``
+    says (the base solver's own ``afs`` option does not apply)."""
+    parity_needs_afs = (nfe - int(options["denoise_to_zero"])) % 2 == 1
+    afs = {"on": True, "off": False}.get(settings["afs"], parity_needs_afs)
+    return {**options, "afs": afs}
+
+
+def amed_steps(settings: dict[str, Any], nfe: int, options: dict[str, Any]) -> int:
+    """N, the AMED steps of a cell (ValueError when its NFE does not fit)."""
+    plugin = amed_options(settings, nfe, options)
+    return amed.steps_for_nfe(nfe, plugin["afs"], plugin["denoise_to_zero"])
 
 
 def method_settings(tables: dict[str, dict[str, Any]], method: str) -> dict[str, Any] | None:
@@ -233,9 +300,123 @@ def _fit_pas(runner: Any, cell: Cell, sampling: Sampling) -> Sampling:
     return replace(sampling, correction=artifact.correction(), artifact=artifact)
 
 
+def amed_request(denoiser: Any, cell: Cell) -> tuple[dict[str, Any], torch.Tensor,
+                                                     pas.TeacherRequest]:
+    """(solver options, plug-in times, teacher request) of an AMED cell: Heun at about
+    ``teacher_nfe`` calls, its grid built as a PAS fit's on the same times."""
+    settings = cell.method_settings["amed"]
+    options = amed_options(settings, cell.nfe, cell.options)
+    steps = amed_steps(settings, cell.nfe, cell.options)
+    times = amed.plugin_times(denoiser, cell.solver, steps, cell.schedule, options)
+    request = pas.TeacherRequest.for_student(denoiser, times, cell.schedule, options["rho"],
+                                             settings["teacher_nfe"])
+    return options, times, request
+
+
+def _amed_group(cell: Cell) -> tuple:
+    """AMED cells whose teachers can be one solve: same model, dtype and teacher seeds."""
+    return (cell.dataset, cell.dtype, cell.precision, cell.method_settings["amed"]["trajectories"])
+
+
+def amed_teacher_seeds(settings: dict[str, Any]) -> range:
+    """The training trajectories' seeds: the first of PAS's teacher seeds."""
+    return pas.teacher_seeds(settings["trajectories"], validate=False)
+
+
+def features_for(denoiser: Any, dataset: str) -> contextlib.AbstractContextManager:
+    """AMED's features as a context: a checkpoint network's bottleneck hook (removed on exit, so
+    that other cells' calls do not feed it), else None (the denoiser's stand-in, amed.features)."""
+    if get_dataset(dataset).model_url:
+        return BottleneckFeatures(denoiser)
+    return contextlib.nullcontext()
+
+
+def train_amed(runner: Any, cell: Cell) -> amed.AMEDArtifact:
+    """Train the cell's AMED predictor on the teacher's states at the plug-in's times: from a
+    stored solve that holds them (a shared PAS solve, an earlier AMED fit's), else from one solve
+    shared with this run's other AMED fits of the same teacher seeds."""
+    settings = cell.method_settings["amed"]
+    denoiser = runner.fit_denoiser(cell)
+    dtype = runner.dtype(cell)
+    options, times, request = amed_request(denoiser, cell)
+    group = [amed_request(denoiser, c)[2] for c in runner.cells
+             if c.method_key != cell.method_key and "amed" in METHODS[c.method].fits
+             and _amed_group(c) == _amed_group(cell)
+             and not (runner.cache_dir / "amed" / f"{c.method_key}.json").exists()]
+    seeds = amed_teacher_seeds(settings)
+    label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
+    try:
+        teacher = pas.teacher_states(
+            denoiser, [request, *group], seeds=seeds, teacher=GITS_TEACHER, dtype=dtype,
+            device=runner.device, batch_size=cell.batch_size, cache_dir=runner.cache_dir,
+            progress=runner.progress)
+        _, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=dtype,
+                                              device=runner.device, label_dim=denoiser.label_dim)
+        with features_for(runner.denoiser(cell), cell.dataset) as features:
+            return amed.fit(
+                denoiser, cell.solver, cell.nfe, teacher=teacher.states(times).to(runner.device),
+                teacher_info=_teacher_info(teacher, seeds), features=features,
+                class_labels=labels, schedule=cell.schedule, dataset=cell.dataset,
+                progress=runner.progress, **{k: settings[k] for k in AMED_FIT_KEYS}, **options)
+    except ValueError as exc:
+        raise UserError(f"AMED fit for {label}: {exc}") from None
+
+
+def _teacher_info(teacher: pas.TeacherStates, seeds: range) -> dict[str, Any]:
+    """What an artifact records of the stored teacher solve it used."""
+    return {"solver": GITS_TEACHER, "nfe": teacher.nfe, "grid_points": len(teacher.grid),
+            "seeds": [seeds.start, seeds.stop], "cached": teacher.cached,
+            # The stored solve: <cache>/teacher/<identity hash>/<solve hash> (pas.teacher).
+            "identity": teacher.folder.parent.name, "solve": teacher.folder.name,
+            "generation_seconds": teacher.generation_seconds, "seconds": teacher.seconds}
+
+
+def amed_artifact(runner: Any, cell: Cell) -> amed.AMEDArtifact:
+    """The cell's AMED predictor: from the cache, else trained by rank 0; every rank waits for
+    rank 0 and samples with the loaded file."""
+    key = ("amed", cell.method_key)
+    if key not in runner.fitted:
+        path = runner.cache_dir / "amed" / f"{cell.method_key}.json"
+        if runner.world.is_main and not path.exists():
+            found = train_amed(runner, cell)
+            found.save(path)
+            runner.log.amed_finished(f"{cell.dataset} {cell.solver} nfe={cell.nfe}", found)
+        runner.barrier()
+        try:
+            runner.fitted[key] = amed.AMEDArtifact.load(path)
+        except ValueError as exc:
+            raise UserError(f"{exc}; delete {path} to fit it again") from None
+    return runner.fitted[key]
+
+
+def _amed_sample(artifact: amed.AMEDArtifact, dataset: str, denoiser: Any,
+                 latents: torch.Tensor, labels: torch.Tensor | None, trajectory: bool) -> Any:
+    with features_for(denoiser, dataset) as features:
+        return artifact.sample(denoiser, latents, features=features, class_labels=labels,
+                               return_trajectory=trajectory)
+
+
+def _fit_amed(runner: Any, cell: Cell, sampling: Sampling) -> Sampling:
+    found = amed_artifact(runner, cell)
+    teacher = found.teacher
+    solved = not teacher.get("cached")
+    settings = cell.method_settings["amed"]
+    trained = amed.fit_evaluations(cell.nfe, found.training["trajectories"], settings["epochs"])
+    report = {"times": found.times, "steps": found.num_steps, "afs": found.options["afs"],
+              "features": found.features, "train_losses": found.train_losses,
+              "fit_s": found.fit_seconds,
+              "teacher_s": teacher.get("generation_seconds") if solved else 0.0,
+              # Denoiser calls of this fit: the teacher's (unless stored before) and training's.
+              "evaluations": trained + (teacher["nfe"] * found.training["trajectories"]
+                                        if solved else 0)}
+    return replace(sampling, fits={**sampling.fits, "amed": report},
+                   sample=partial(_amed_sample, found, cell.dataset))
+
+
 FITTERS: dict[str, Callable[[Any, Cell, Sampling], Sampling]] = {
     "gits": _fit_gits,
     "pas": _fit_pas,
+    "amed": _fit_amed,
 }
 
 
@@ -282,3 +463,40 @@ def gits_evaluations(cells: list[Cell], cache_dir: Path, denoiser_for: Callable)
         teachers[key] = 0 if stored else 2 * (len(fine) - 1) * len(seeds)
         search += (len(fine) - 1) * len(seeds)
     return {"gits_teacher": sum(teachers.values()), "gits_search": search}
+
+
+def amed_evaluations(cells: list[Cell], cache_dir: Path, denoiser_for: Callable) -> dict[str, int]:
+    """Denoiser evaluations of the AMED fits ``cells`` still need ({} without AMED cells): one
+    Heun teacher solve per teacher group on the shared grid of its fits' own grids (unless a
+    stored solve serves them), and the training's calls (amed.fit_evaluations; those at t_mid
+    also backpropagate, which this count does not weigh)."""
+    if not any("amed" in METHODS[c.method].fits for c in cells):
+        return {}
+    fits = {c.method_key: c for c in cells if "amed" in METHODS[c.method].fits
+            and not (cache_dir / "amed" / f"{c.method_key}.json").exists()}
+    groups: dict[tuple, list[pas.TeacherRequest]] = {}
+    training = 0
+    for cell in fits.values():
+        settings = cell.method_settings["amed"]
+        training += amed.fit_evaluations(cell.nfe, settings["trajectories"], settings["epochs"])
+        try:
+            groups.setdefault(_amed_group(cell), []).append(
+                amed_request(denoiser_for(cell.dataset), cell)[2])
+        except (ValueError, AttributeError):  # a discrete schedule needs the model itself
+            continue
+    teacher = 0
+    for (dataset, dtype, _, trajectories), requests in groups.items():
+        denoiser = denoiser_for(dataset)
+        seeds = amed_teacher_seeds({"trajectories": trajectories})
+        # A checkpoint's stand-in (not callable) cannot tell which solve its real model made.
+        stored = callable(denoiser) and pas.stored_teacher(
+            denoiser, requests, seeds=seeds, teacher=GITS_TEACHER,
+            dtype=getattr(torch, dtype), cache_dir=cache_dir) is not None
+        teacher += 0 if stored else 2 * (len(pas.shared_grid(requests)) - 1) * len(seeds)
+    return {"amed_teacher": teacher, "amed_training": training}
+
+
+def peer_evaluations(cells: list[Cell], cache_dir: Path, denoiser_for: Callable) -> dict[str, int]:
+    """The dry run's count of the peers' fits (GITS searches, AMED training), by purpose."""
+    return (gits_evaluations(cells, cache_dir, denoiser_for)
+            | amed_evaluations(cells, cache_dir, denoiser_for))

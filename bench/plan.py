@@ -392,7 +392,8 @@ def build_plan(grid: Grid, overrides: Overrides = Overrides()) -> list[Cell]:
                     use_pas = methods.METHODS[method].uses_pas
                     _check_pas_solver(solver, method)
                     settings = methods.method_settings(grid.methods, method)
-                    methods.check_steps(settings, steps, f"{spec.name} {solver} nfe={nfe} {method}")
+                    methods.check_cell(settings, solver, nfe, steps, options,
+                                       f"{spec.name} {solver} nfe={nfe} {method}")
                     cells.append(_cell(len(cells), spec, solver, nfe, steps, use_pas, schedule,
                                        options, pas_settings if use_pas else None, num_samples,
                                        batch_size, dtype, precision, grid.rmse_samples, model, metric,
@@ -664,7 +665,7 @@ def _evaluation_counts(cells: list[Cell], cache_dir: Path,
             denoisers[name] = _grid_denoiser(get_dataset(name))
         return denoisers[name]
 
-    return counts | methods.gits_evaluations(cells, cache_dir, denoiser_for)
+    return counts | methods.peer_evaluations(cells, cache_dir, denoiser_for)
 
 
 def cell_costs(cells: list[Cell], cache_dir: Path, device: torch.device,

@@ -86,6 +86,12 @@ class ProgressLog:
                   f"{teacher}, {artifact.warmup} warm-up seeds, steps at fine-grid points "
                   f"{artifact.indices})")
 
+    def amed_finished(self, label: str, artifact: Any) -> None:
+        teacher = ("cached" if artifact.teacher.get("cached")
+                   else f"{artifact.teacher['generation_seconds']:.1f} s")
+        self._say(f"AMED fit {label}: done in {artifact.fit_seconds:.1f} s (teacher {teacher}, "
+                  f"{artifact.training['trajectories']} trajectories, {artifact.num_steps} steps)")
+
     def cell_finished(self, row: dict, seconds: float) -> None:
         """One line for a finished cell, with the time left (``time_left``; the time since the
         previous cell counts for this one, PAS fits included)."""

@@ -177,6 +177,11 @@ class Runner:
         self._clip: Any = None
         self._latent_store: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
+    @property
+    def cells(self) -> list[Cell]:
+        """The cells this run was given (bench.methods shares AMED teachers among them)."""
+        return self._cells
+
     # ----- what cells share -------------------------------------------------------------------
     def denoiser(self, cell: Cell) -> Any:
         """The cell's denoiser, built once per (dataset, dtype, precision, text conditioning)."""
@@ -354,6 +359,8 @@ class Runner:
         """The cell's solver as its method samples (or the Heun-200 reference) from
         ``start = (latents, labels)``."""
         latents, labels = start
+        if sampling is not None and sampling.sample is not None:  # AMED (bench.methods)
+            return sampling.sample(self.denoiser(cell), latents, labels, trajectory)
         if reference:
             return solvers.sample(self.denoiser(cell), latents, REFERENCE_SOLVER, REFERENCE_NFE,
                                   REFERENCE_SCHEDULE, class_labels=labels,

@@ -1,5 +1,5 @@
-"""The paper grid: 284 cells (EDM, LSUN Bedroom and Stable Diffusion, iPNDM at orders 4 and 3,
-GITS on CIFAR-10) in the published settings, planned without downloading anything."""
+"""The paper grid: 288 cells (EDM, LSUN Bedroom and Stable Diffusion, iPNDM at orders 4 and 3,
+GITS and AMED on CIFAR-10) in the published settings, planned without downloading anything."""
 
 import itertools
 import math
@@ -25,15 +25,17 @@ SOLVER_OF = {"ipndm3": "ipndm"}
 NFES = {name: [4, 5, 6, 8, 10] for name in DATASETS} | {"lsun_bedroom": [5, 6, 8, 10]}
 SD_NFES = [5, 6, 8, 10]
 # (dataset, solver, nfe, method) of every cell, ipndm twice (orders 4 and 3): 3 x 6 x 5 x 2 + 6 x 4
-# x 2 for LSUN Bedroom and for Stable Diffusion (ms_coco), and GITS for CIFAR-10's ddim and ipndm
-# (order 4) at NFE 5, 6, 8, 10 (the GITS README's figure).
+# x 2 for LSUN Bedroom and for Stable Diffusion (ms_coco), GITS for CIFAR-10's ddim and ipndm
+# (order 4) at NFE 5, 6, 8, 10 (the GITS README's figure), and AMED for its ipndm at the same NFEs
+# (the AMED figures in the grid).
 CELLS = Counter(
     (dataset, SOLVER_OF.get(entry, entry), nfe, method)
     for dataset in [*DATASETS, "ms_coco"]
     for entry, nfe, method in itertools.product(
         SOLVERS, SD_NFES if dataset == "ms_coco" else NFES[dataset], ["base", "pas"]
     )
-) + Counter(itertools.product(["cifar10"], ["ddim", "ipndm"], [5, 6, 8, 10], ["gits"]))
+) + Counter(itertools.product(["cifar10"], ["ddim", "ipndm"], [5, 6, 8, 10], ["gits"])) + Counter(
+    itertools.product(["cifar10"], ["ipndm"], [5, 6, 8, 10], ["amed"]))
 # pas-spec 9 (the official run.sh defaults).
 PAPER_PAS = {
     "teacher": "heun",
@@ -74,7 +76,7 @@ def _paper(tmp_path, *extra, offline=False):
     )
 
 
-def test_dry_run_lists_all_284_cells_and_downloads_nothing(tmp_path):
+def test_dry_run_lists_all_288_cells_and_downloads_nothing(tmp_path):
     done = _paper(tmp_path, "--dry-run")
     assert done.returncode == 0, done.stderr
     rows = Counter()
@@ -82,9 +84,14 @@ def test_dry_run_lists_all_284_cells_and_downloads_nothing(tmp_path):
         words = line.split()
         if len(words) > 5 and words[0].isdigit():
             rows[(words[1], words[2], int(words[3]), words[5])] += 1
-    assert rows == CELLS and rows.total() == 284
+    assert rows == CELLS and rows.total() == 288
     # 8 GITS searches on one 61-point Heun teacher (256 seeds x 120 NFE), 60 directions each.
     assert f"gits_teacher {256 * 120:,}, gits_search {8 * 60 * 256:,}" in done.stdout
+    # 4 AMED fits (3, 3, 4 and 5 steps) share one Heun solve over 10,000 seeds: 81 steps where
+    # their own grids take 51, 52 and 50; one training pass each over the 10,000 trajectories,
+    # plus a probe call.
+    assert f"amed_teacher {2 * 81 * 10_000:,}" in done.stdout
+    assert f"amed_training {10_000 * (5 + 6 + 8 + 10) + 4:,})" in done.stdout
     # One teacher solve per dataset serves its 6 solver entries x its NFEs (LSUN Bedroom's in
     # parts: see below); a fit holds the states of its NFE + 1 times for the 5,000 + 500
     # held-out float32 trajectories.
@@ -193,7 +200,7 @@ def test_grid_key_ref_stats_and_the_command_line_over_it(tmp_path):
 def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
     cells = build_plan(load_grid("paper"))
     assert Counter((c.dataset, c.solver, c.nfe, c.method) for c in cells) == CELLS
-    assert len(cells) == 284
+    assert len(cells) == 288
     for cell in cells:
         entry = "ipndm3" if (cell.solver, cell.options.get("order")) == ("ipndm", 3) else cell.solver
         schedule, options = REFERENCE[entry]
@@ -209,6 +216,10 @@ def test_cells_use_the_reference_solver_settings_and_the_pas_paper_settings():
         else:
             assert cell.num_samples == 50_000 and cell.conditioning is None
         assert cell.batch_size == get_dataset(cell.dataset).default_batch_size
+        if cell.method == "amed":  # the official launch.sh: 10k trajectories, batch 64
+            settings = cell.method_settings["amed"]
+            assert (settings["trajectories"], settings["batch_size"], settings["afs"]) == (
+                10_000, 64, "auto")
         if cell.pas:
             assert {key: cell.pas_settings[key] for key in PAPER_PAS} == PAPER_PAS
         else:
