@@ -242,6 +242,24 @@ class BasisTracker:
         self._stored = list(wanted)
         return first
 
+    def resume(self, ctx: StepContext, gram: Tensor) -> None:
+        """Take up a batch part-way: ``gram`` [B, n, n] holds the inner products of its first n
+        rows [x_T, *ctx.used][:n], computed at earlier steps (``known_gram``), so the next
+        ``basis(ctx)`` computes only the products of the rows after them (pas.stream keeps the
+        products between the steps of a chunk of trajectories)."""
+        self._start(ctx)
+        n = gram.shape[1]
+        self._stored = [ctx.x_T, *ctx.used][:n]
+        batch = ctx.x_T.shape[0]
+        for slot, row in enumerate(self._stored):
+            self._rows[:, slot].copy_(row.reshape(batch, -1))
+        self._gram[:, :n, :n] = gram
+
+    def known_gram(self, n: int) -> Tensor:
+        """The inner products of the first n rows seen so far [B, n, n] (n <= the rows the last
+        ``basis`` call saw; a view of the tracker's buffer)."""
+        return self._gram[:, :n, :n]
+
     def _chunks(self) -> list[slice]:
         """Sample ranges whose float64 rows take about _CHUNK_BYTES."""
         batch, slots, dim = self._rows.shape
