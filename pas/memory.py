@@ -11,13 +11,20 @@ tests/test_pas_memory.py checks the model against the measurement on the CPU.
 from __future__ import annotations
 
 import math
-import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import torch
 
+from pas.search import NEAR_CAP, NEAR_FRACTION, SUBSAMPLE
+
+# The working set of a chunk on the CPU (see default_chunk).
+CPU_CHUNK_BYTES = 32 << 20
+# What the first fit of a process adds on the host whatever its size (measured ~20 MiB: scipy's
+# linear-programme solver is loaded, torch sets up its CPU kernels' workspaces).
+FIRST_FIT_BYTES = 20 << 20
 # How often PeakMemory samples RssAnon (seconds).
 SAMPLE_INTERVAL = 0.005
 _STATUS = Path("/proc/self/status")
@@ -76,21 +83,64 @@ class PeakMemory:
                 "host_rss_anon_peak": self.peak, "host_rss_anon_start": self.start}
 
 
+def _search_bytes(steps: int, k: int, item: int) -> int:
+    """Bytes per trajectory and dimension at the search's peak: the basis tracker's float64 rows
+    [x_T, used..., d, x - x_T] and its k vectors, plus what one pass of the L1 fit holds for a
+    chunk (residuals, the whitened design, ratios, masks: about 2k + 7 tensors of the working
+    dtype; measured, see tests/test_pas_memory.py)."""
+    return 8 * (steps + 2) + item * (3 * k + 7)
+
+
+def _gate_bytes(steps: int, k: int, item: int) -> int:
+    """Bytes per held-out trajectory and dimension while the gate samples a chunk: the sampler
+    keeps every direction used (N), the correction's tracker its float64 rows and k vectors, and
+    a few states and temporaries besides."""
+    return 8 * (steps + 2) + item * (steps + k + 6)
+
+
+@dataclass(frozen=True)
+class FitMemory:
+    """A fit's peak memory in bytes: on its device, and on the host (equal on the CPU).
+
+    Counts PAS's own tensors, not the network's weights and activations, nor file pages of the
+    memory-mapped scratch and teacher files (reclaimable page cache)."""
+
+    device: int
+    host: int
+
+
+def fit_memory(shape: tuple[int, ...], trajectories: int, held_out: int, steps: int, k: int,
+               item: int, chunk: int, device_type: str) -> FitMemory:
+    """The peak memory of a fit of ``trajectories`` (+ ``held_out`` for the gate) on data of
+    ``shape``, ``steps`` student steps, basis size ``k``, ``item`` bytes per value, in chunks of
+    ``chunk`` trajectories, on a device of type ``device_type`` ("cpu", "cuda")."""
+    dim = math.prod(shape)
+    search = min(chunk, trajectories) * dim * _search_bytes(steps, k, item)
+    gate = min(chunk, held_out) * dim * _gate_bytes(steps, k, item)
+    # Capped and O(S) parts: the L1 close set (design, residuals, ratios), the rough fit's
+    # stride through the residuals, each trajectory's Gram matrix of its buffer rows.
+    near = min(int(NEAR_FRACTION * trajectories * dim), NEAR_CAP)
+    small = (2 * near * (k + 2) * item + 2 * SUBSAMPLE * (k + 1) * item
+             + trajectories * (steps + 1) ** 2 * 8)
+    device = max(search, gate) + small
+    if device_type == "cpu":
+        return FitMemory(device, device + FIRST_FIT_BYTES)
+    # On an accelerator the host holds a chunk's float64 latents and teacher states on their
+    # way to the device (scratch reads and writes go to file pages).
+    return FitMemory(device, min(chunk, trajectories) * dim * (8 + item) + FIRST_FIT_BYTES)
+
+
 def default_chunk(shape: tuple[int, ...], steps: int, k: int, dtype: torch.dtype,
                   device: torch.device | str) -> int:
-    """Trajectories per chunk whose working set takes about a quarter of a CUDA device's memory,
-    or a sixteenth of the host's (the rest is left to the network, the teacher's reads and other
-    work)."""
+    """Trajectories per chunk: on a CUDA device as many as take a quarter of its memory (the rest
+    is left to the network); on the CPU as many as take CPU_CHUNK_BYTES, small enough to stay
+    in the caches (a fit on digits32 ran about 15% slower with chunks 8 times larger)."""
     device = torch.device(device)
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory // 4
     else:
-        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 16
-    per_trajectory = chunk_bytes(shape, steps, k, torch.empty(0, dtype=dtype).element_size())
+        budget = CPU_CHUNK_BYTES
+    item = torch.empty(0, dtype=dtype).element_size()
+    per_trajectory = math.prod(shape) * max(_search_bytes(steps, k, item),
+                                            _gate_bytes(steps, k, item))
     return max(1, budget // per_trajectory)
-
-
-def chunk_bytes(shape: tuple[int, ...], steps: int, k: int, item: int) -> int:
-    """Bytes one trajectory of a chunk adds to a fit's peak."""
-    dim = math.prod(shape)
-    return dim * (item * (steps + k + 8) + 8 * (steps + 2))

@@ -397,7 +397,7 @@ class _StreamedL1:
         squares, designs, offsets, start = 0.0, [], [], 0
         for offset, basis in data.chunks():
             design = basis.reshape(basis.shape[0], -1)
-            squares = squares + design.square().sum(dim=1, dtype=F64)
+            squares = squares + torch.linalg.vector_norm(design, dim=1).to(F64).square()
             first = -start % self.stride
             designs.append(design[:, first :: self.stride])
             offsets.append(offset.reshape(-1)[first :: self.stride])

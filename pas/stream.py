@@ -184,16 +184,17 @@ class StudentStream:
         totals = StepTotals()
         shape = self.student.denoiser.shape
         dt = self.tf[i + 1] - self.tf[i]
+        known = self.history  # entries every chunk's history had after step i-1
         for part in self.parts:
             x_T, x = self._start(part) if i == 0 else self._resume(i, part)
             self.scratch.write("x", part, x)
             c = len(x)
             stepper = solvers.make_stepper(self.student.denoiser, self.spec, self.opts, self.ts,
                                            self._labels(part))
-            if self.history:
+            if known:
                 stepper.history.extend(
-                    self.scratch.read("history", part, 0, self.history).to(self.device)
-                    .reshape(self.history, c, *shape).unbind())
+                    self.scratch.read("history", part, 0, known).to(self.device)
+                    .reshape(known, c, *shape).unbind())
             d = stepper.direction(i, x.reshape(c, *shape)).reshape(c, -1)
             for slot, entry in enumerate(stepper.history):
                 self.scratch.write("history", part, entry, slot)
