@@ -27,6 +27,8 @@ from bench.grids import Grid
 from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
 from bench.models.registry import dataset_names, get_dataset
 from bench.models.spec import DatasetSpec
+from pas.adaptive import holdout_count
+from pas.memory import FitMemory, default_chunk, fit_memory
 from pas.search import loss_name
 from solvers import REGISTRY, schedule_names
 
@@ -37,7 +39,7 @@ _DTYPE_BYTES = {"float32": 4, "float64": 8}
 # pas.fit keywords that change where, in what chunks or how visibly it runs, never what it fits
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
-                         "batch_size"}
+                         "batch_size", "chunk"}
 
 
 @dataclass(frozen=True)
@@ -500,6 +502,35 @@ def _work(cells: list[Cell], cache_dir: Path,
     return works
 
 
+def fit_memory_lines(cells: list[Cell], cache_dir: Path, device: torch.device) -> list[str]:
+    """Per dataset with PAS fits to run: the peak memory of its largest fit on ``device``, from
+    pas.memory's model (the fit streams its trajectories in chunks; the default chunk is used)."""
+    peaks: dict[str, tuple[FitMemory, int]] = {}
+    for cell in cells:
+        if not cell.pas or (cache_dir / "artifacts" / f"{cell.pas_key}.json").exists():
+            continue
+        settings, shape = cell.pas_settings, get_dataset(cell.dataset).shape
+        held = (holdout_count(settings["trajectories"], settings["holdout"])
+                if settings["validate"] else 0)
+        chunk = default_chunk(shape, cell.steps, settings["k"], getattr(torch, cell.dtype), device)
+        memory = fit_memory(shape, settings["trajectories"], held, cell.steps, settings["k"],
+                            _DTYPE_BYTES[cell.dtype], chunk, device.type)
+        if cell.dataset not in peaks or memory.device > peaks[cell.dataset][0].device:
+            peaks[cell.dataset] = (memory, min(chunk, settings["trajectories"]))
+    lines = []
+    for name, (memory, chunk) in peaks.items():
+        where = (f"{_size(memory.host)} on the host" if device.type == "cpu"
+                 else f"{_size(memory.device)} on the {device.type} device and "
+                 f"{_size(memory.host)} on the host")
+        lines.append(f"PAS fit for {name}: peak {where} ({chunk:,} "
+                     "trajectories per chunk; the network's own memory comes on top)")
+    return lines
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"
+
+
 def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
                   device: torch.device) -> str:
     """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
@@ -529,6 +560,7 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
            if cost["grid_steps"] else "already in the cache")
         + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teachers)
+    lines.extend(fit_memory_lines(todo, cache_dir, device))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

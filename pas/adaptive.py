@@ -327,7 +327,8 @@ def fit(
     _check_settings(
         solver,
         {"k": k, "trajectories": trajectories, "teacher_nfe": teacher_nfe, "epochs": epochs,
-         "early_stop": early_stop, "batch_size": batch_size, "chunk": chunk or 1},
+         "early_stop": early_stop, "batch_size": batch_size,
+         **({"chunk": chunk} if chunk is not None else {})},
         {"lr": lr, "tau_first": tau_first, "tau": tau, "holdout": holdout},
     )
     spec = solvers.get_solver(solver)
