@@ -503,9 +503,10 @@ def _work(cells: list[Cell], cache_dir: Path,
 
 
 def fit_memory_lines(cells: list[Cell], cache_dir: Path, device: torch.device) -> list[str]:
-    """Per dataset with PAS fits to run: the peak memory of its largest fit on ``device``, from
-    pas.memory's model (the fit streams its trajectories in chunks; the default chunk is used)."""
-    peaks: dict[str, tuple[FitMemory, int]] = {}
+    """Per dataset with PAS fits to run: the peak memory of its largest fit on ``device`` and
+    the largest scratch file a fit keeps on disk meanwhile, from pas.memory's model (the fit
+    streams its trajectories in chunks; the default chunk is used)."""
+    fits: dict[str, list[tuple[FitMemory, int]]] = {}
     for cell in cells:
         if not cell.pas or (cache_dir / "artifacts" / f"{cell.pas_key}.json").exists():
             continue
@@ -514,16 +515,19 @@ def fit_memory_lines(cells: list[Cell], cache_dir: Path, device: torch.device) -
                 if settings["validate"] else 0)
         chunk = default_chunk(shape, cell.steps, settings["k"], getattr(torch, cell.dtype), device)
         memory = fit_memory(shape, settings["trajectories"], held, cell.steps, settings["k"],
-                            _DTYPE_BYTES[cell.dtype], chunk, device.type)
-        if cell.dataset not in peaks or memory.device > peaks[cell.dataset][0].device:
-            peaks[cell.dataset] = (memory, min(chunk, settings["trajectories"]))
+                            _DTYPE_BYTES[cell.dtype], chunk, device.type,
+                            cell.options.get("order", 0))
+        fits.setdefault(cell.dataset, []).append((memory, min(chunk, settings["trajectories"])))
     lines = []
-    for name, (memory, chunk) in peaks.items():
+    for name, found in fits.items():
+        memory, chunk = max(found, key=lambda fit: fit[0].device)
+        scratch = max(fit.scratch for fit, _ in found)
         where = (f"{_size(memory.host)} on the host" if device.type == "cpu"
                  else f"{_size(memory.device)} on the {device.type} device and "
                  f"{_size(memory.host)} on the host")
-        lines.append(f"PAS fit for {name}: peak {where} ({chunk:,} "
-                     "trajectories per chunk; the network's own memory comes on top)")
+        lines.append(f"PAS fit for {name}: peak {where} ({chunk:,} trajectories per chunk; "
+                     f"the network's own memory comes on top), up to {_size(scratch)} of "
+                     "scratch in the cache")
     return lines
 
 

@@ -34,7 +34,13 @@ from pas.artifact import PASArtifact, PASCorrection, StepSearch
 from pas.cache import default_cache_dir
 from pas.memory import PeakMemory, default_chunk
 from pas.search import OPTIMIZERS, FitSettings, accept, fit_coords, loss_name, per_sample_loss
-from pas.stream import StudentStream, chunk_slices, history_size, scratch_file
+from pas.stream import (
+    StudentStream,
+    chunk_slices,
+    history_size,
+    scratch_file,
+    scratch_layout,
+)
 from pas.teacher import TEACHER_SEED_START, TeacherRequest, seed_range, teacher_states
 
 # Held-out seeds: `holdout` x trajectories, but never fewer than this.
@@ -107,7 +113,7 @@ class Search:
             after = stream.apply(i, coords, loss)
             tau = self.taus[1] if self.corrected else self.taus[0]
             accepted = accept(before, after, tau)
-            stream.decide(i, accepted)
+            stream.decide(i, coords if accepted else None)
             self.search.append(StepSearch(i, q, before, after, accepted, epochs, coords.tolist()))
             if accepted:
                 self.corrected[i] = coords.tolist()
@@ -250,8 +256,7 @@ def _search(student: Student, teach, seeds: Sequence[int], chunk: int, basis: tu
     file in the cache (pas.stream; deleted when the search ends)."""
     device, dtype = where
     steps = len(student.times) - 1
-    layout = {"x_T": 1, "x": 1, "used": steps, "corrected": 1, "offset": 1,
-              "vectors": basis[0], "history": history_size(student)}
+    layout = scratch_layout(steps, basis[0], history_size(student))
     dim = math.prod(student.denoiser.shape)
 
     def targets(i: int, part: slice) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Any, Self
 import torch
 
 from pas.search import NEAR_CAP, NEAR_FRACTION, SUBSAMPLE
+from pas.stream import scratch_layout
 
 # The working set of a chunk on the CPU (see default_chunk).
 CPU_CHUNK_BYTES = 32 << 20
@@ -107,14 +108,17 @@ class FitMemory:
 
     device: int
     host: int
+    scratch: int  # bytes of the scratch file on the cache's disk (pas.stream)
 
 
 def fit_memory(shape: tuple[int, ...], trajectories: int, held_out: int, steps: int, k: int,
-               item: int, chunk: int, device_type: str) -> FitMemory:
+               item: int, chunk: int, device_type: str, history: int = 0) -> FitMemory:
     """The peak memory of a fit of ``trajectories`` (+ ``held_out`` for the gate) on data of
     ``shape``, ``steps`` student steps, basis size ``k``, ``item`` bytes per value, in chunks of
-    ``chunk`` trajectories, on a device of type ``device_type`` ("cpu", "cuda")."""
+    ``chunk`` trajectories, on a device of type ``device_type`` ("cpu", "cuda"), for a solver
+    that keeps ``history`` tensors between steps (its order; 0 for ddim)."""
     dim = math.prod(shape)
+    scratch = sum(scratch_layout(steps, k, history).values()) * trajectories * dim * item
     search = min(chunk, trajectories) * dim * _search_bytes(steps, k, item)
     gate = min(chunk, held_out) * dim * _gate_bytes(steps, k, item)
     # Capped and O(S) parts: the L1 close set (design, residuals, ratios), the rough fit's
@@ -124,10 +128,11 @@ def fit_memory(shape: tuple[int, ...], trajectories: int, held_out: int, steps: 
              + trajectories * (steps + 1) ** 2 * 8)
     device = max(search, gate) + small
     if device_type == "cpu":
-        return FitMemory(device, device + FIRST_FIT_BYTES)
+        return FitMemory(device, device + FIRST_FIT_BYTES, scratch)
     # On an accelerator the host holds a chunk's float64 latents and teacher states on their
     # way to the device (scratch reads and writes go to file pages).
-    return FitMemory(device, min(chunk, trajectories) * dim * (8 + item) + FIRST_FIT_BYTES)
+    host = min(chunk, trajectories) * dim * (8 + item) + FIRST_FIT_BYTES
+    return FitMemory(device, host, scratch)
 
 
 def default_chunk(shape: tuple[int, ...], steps: int, k: int, dtype: torch.dtype,

@@ -36,6 +36,12 @@ def chunk_slices(count: int, chunk: int) -> list[slice]:
     return [slice(start, min(start + chunk, count)) for start in range(0, count, chunk)]
 
 
+def scratch_layout(steps: int, k: int, history: int) -> dict[str, int]:
+    """The slots a fit keeps per trajectory: x_T, x, the direction used at every step, the
+    offset x - target and the k basis vectors of the step being fitted, the solver's history."""
+    return {"x_T": 1, "x": 1, "used": steps, "offset": 1, "vectors": k, "history": history}
+
+
 class Scratch:
     """Per-trajectory tensors [S, D], stored slot-major ([slots, S, D]) in a memory-mapped file,
     so one slot of a chunk is one contiguous block.
@@ -124,9 +130,10 @@ class StudentStream:
 
     ``advance(i)`` takes every chunk to step i: it applies step i-1's decision (x_i = x_{i-1} +
     dt d_used), runs the solver's direction at x_i and writes the basis, the offset x_i - target
-    and the uncorrected direction to the scratch; ``apply(i, coords)`` writes each chunk's
-    corrected direction and returns the loss it reaches. A chunk's solver is a fresh stepper
-    whose history is refilled from the scratch (solvers.stepper: the history is its whole state).
+    and the uncorrected direction to the scratch; ``apply(i, coords)`` returns the loss the
+    corrected direction reaches; ``decide`` records the choice. A chunk's solver is a fresh
+    stepper whose history is refilled from the scratch (solvers.stepper: the history is its
+    whole state).
     """
 
     def __init__(self, student, seeds, targets, scratch: Scratch, parts: list[slice],
@@ -149,7 +156,7 @@ class StudentStream:
                                 device=device)
         self.labels: Tensor | None = None
         self.history = 0  # entries in every chunk's solver history
-        self.previous: tuple[float, bool] | None = None  # step i-1's dt and decision
+        self.previous: tuple[float, Tensor | None] | None = None  # step i-1's dt and decision
 
     def _start(self, part: slice) -> tuple[Tensor, Tensor]:
         latents, labels = solvers.latents_for_seeds(
@@ -164,15 +171,22 @@ class StudentStream:
         return x_T, x_T
 
     def _resume(self, i: int, part: slice) -> tuple[Tensor, Tensor]:
-        """x_T and x_i of a chunk, after applying step i-1's decision."""
+        """x_T and x_i of a chunk, after applying step i-1's decision: its corrected direction
+        (rebuilt from the basis, which is still in the scratch) replaces the solver's own."""
         x_T = self.scratch.read("x_T", part).to(self.device)
-        dt, accepted = self.previous
-        x = self.scratch.read("x", part).to(self.device)
-        used = self.scratch.read("corrected" if accepted else "used", part, 0 if accepted else i - 1)
-        x = torch.add(x, used.to(self.device), alpha=dt)
-        if accepted:
+        dt, coords = self.previous
+        if coords is None:
+            used = self.scratch.read("used", part, i - 1).to(self.device)
+        else:
+            used = self._corrected(part, coords)
             self.scratch.write("used", part, used, i - 1)
+        x = torch.add(self.scratch.read("x", part).to(self.device), used, alpha=dt)
         return x_T, x
+
+    def _corrected(self, part: slice, coords: Tensor) -> Tensor:
+        """sum_j c_j u_j of a chunk [c, D], with the basis of the step last advanced."""
+        vectors = self.scratch.read("vectors", part, 0, len(coords)).to(self.device)
+        return Basis(vectors, len(coords)).combine(coords, vectors[0])
 
     def _labels(self, part: slice) -> Tensor | None:
         if self.labels is None:
@@ -181,6 +195,7 @@ class StudentStream:
         return onehot.to(device=self.device, dtype=self.dtype)
 
     def advance(self, i: int, loss: str) -> StepTotals:
+        """Take every chunk to step i (see the class); the sums of the step's first pass."""
         totals = StepTotals()
         shape = self.student.denoiser.shape
         dt = self.tf[i + 1] - self.tf[i]
@@ -219,18 +234,16 @@ class StudentStream:
         return ScratchStep(self.scratch, self.parts, size, torch.device(self.device))
 
     def apply(self, i: int, coords: Tensor, loss: str) -> float:
-        """Write each chunk's corrected direction; the mean loss it reaches."""
+        """The mean loss the trajectories reach at step i with the corrected direction."""
         dt = self.tf[i + 1] - self.tf[i]
         total = 0.0
         for part in self.parts:
-            vectors = self.scratch.read("vectors", part, 0, len(coords)).to(self.device)
-            corrected = Basis(vectors, len(coords)).combine(coords, vectors[0])
-            self.scratch.write("corrected", part, corrected)
             offset = self.scratch.read("offset", part).to(self.device)
-            reached = torch.add(offset, corrected, alpha=dt)
+            reached = torch.add(offset, self._corrected(part, coords), alpha=dt)
             total += float(per_sample_loss(loss, reached).sum(dtype=torch.float64))
         return total / self.parts[-1].stop
 
-    def decide(self, i: int, accepted: bool) -> None:
-        """Step i's decision, applied to the trajectories at the next ``advance``."""
-        self.previous = (self.tf[i + 1] - self.tf[i], accepted)
+    def decide(self, i: int, coords: Tensor | None) -> None:
+        """Step i's decision (the coordinates, or None for the solver's own direction), applied
+        to the trajectories at the next ``advance``."""
+        self.previous = (self.tf[i + 1] - self.tf[i], coords)
