@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,11 +71,22 @@ class Scratch:
         self.read(name, part, index).copy_(value.reshape(part.stop - part.start, -1))
 
 
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk of ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
 @contextlib.contextmanager
 def scratch_file(folder: Path, samples: int, dim: int, dtype: torch.dtype,
                  layout: dict[str, int]) -> Iterator[Scratch]:
-    """A Scratch in a new file under ``folder``, deleted when the block ends (also on error)."""
+    """A Scratch in a new file under ``folder``, deleted when the block ends (also on error);
+    ValueError when the disk has not room for it."""
     folder.mkdir(parents=True, exist_ok=True)
+    needed = sum(layout.values()) * samples * dim * torch.empty(0, dtype=dtype).element_size()
+    free = free_bytes(folder)
+    if free < needed:
+        raise ValueError(f"the PAS fit needs {needed / 2**30:,.1f} GiB of scratch in {folder}, "
+                         f"but only {free / 2**30:,.1f} GiB are free")
     handle, name = tempfile.mkstemp(dir=folder, prefix="pas-fit-", suffix=".npy")
     os.close(handle)
     try:
