@@ -229,7 +229,9 @@ class StudentStream:
             self.scratch.write("used", part, d, i)
             used = (self.scratch.read("used", part, 0, i).to(self.device).unbind() if i else ())
             ctx = StepContext(i, self.steps, self.ts[i], self.ts[i + 1], x, d, x_T, used)
-            self.tracker.resume(ctx, self.gram[part, :i, :i])
+            # One chunk: the tracker still holds its rows and their products from step i-1.
+            gram = self.gram[part, :i, :i] if len(self.parts) > 1 or i == 0 else None
+            self.tracker.resume(ctx, gram, i)
             basis = self.tracker.basis(ctx)
             self.gram[part, : i + 1, : i + 1] = self.tracker.known_gram(i + 1)
             self.scratch.read("vectors", part, 0, basis.vectors.shape[0]).copy_(basis.vectors)
