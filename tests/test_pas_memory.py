@@ -24,12 +24,15 @@ def digits():
     return get_dataset("digits").build(dtype=F64)
 
 
-@pytest.mark.parametrize("solver, loss", [("ddim", "L1"), ("ipndm", "L1"), ("unipc", "pseudo_huber")])
-def test_chunked_fit_equals_the_fit_in_one_chunk(digits, tmp_path, solver, loss):
+@pytest.mark.parametrize("solver, settings", [
+    ("ddim", {}), ("ipndm", {}), ("unipc", {"loss": "pseudo_huber"}), ("dpmpp", {"loss": "L2"}),
+    ("ddim", {"optimizer": "adam", "epochs": 100, "lr": 0.1}),
+])
+def test_chunked_fit_equals_the_fit_in_one_chunk(digits, tmp_path, solver, settings):
     """Chunks of 32 against one chunk of all 400 trajectories (and of the 100 held out): the same
     accepted and kept steps, coordinates within 1e-6 relative, losses within 1e-9."""
     fits = [pas.fit(digits, solver, 6, trajectories=400, dtype=F64, cache_dir=tmp_path,
-                    progress=False, loss=loss, chunk=chunk) for chunk in (32, 400)]
+                    progress=False, chunk=chunk, **settings) for chunk in (32, 400)]
     chunked, whole = fits
     assert (chunked.chunk, whole.chunk) == (32, 400)
     assert sorted(chunked.corrected) == sorted(whole.corrected)
