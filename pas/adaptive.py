@@ -55,9 +55,11 @@ class Clock:
 
     parts: dict[str, float] = field(default_factory=dict)
 
-    def add(self, part: str, began: float) -> float:
+    def add(self, part: str, began: float, nested: float = 0.0) -> float:
+        """Add the seconds since ``began`` to ``part``, less ``nested`` seconds that another part
+        counted meanwhile; returns now."""
         now = time.perf_counter()
-        self.parts[part] = self.parts.get(part, 0.0) + now - began
+        self.parts[part] = self.parts.get(part, 0.0) + now - began - nested
         return now
 
 
@@ -98,14 +100,15 @@ class Search:
         """Fit every step of ``stream`` in turn, deciding each before the next is taken."""
         loss = self.settings.loss
         for i in range(stream.steps):
-            began = time.perf_counter()
+            began, denoised = time.perf_counter(), clock.parts.get("denoiser", 0.0)
             totals = stream.advance(i, loss)
             samples = stream.parts[-1].stop
             before = totals.before / samples
             q = totals.size
             start = torch.zeros(q, dtype=stream.dtype, device=stream.device)
             start[0] = totals.direction_norm / samples
-            began = clock.add("basis", began)
+            # The solver's denoiser calls are the "denoiser" part's.
+            began = clock.add("basis", began, clock.parts.get("denoiser", 0.0) - denoised)
             dt = stream.tf[i + 1] - stream.tf[i]
             coords, epochs = fit_coords(stream.data(q), dt, start, self.settings)
             began = clock.add("optimizer", began)
@@ -342,6 +345,7 @@ def fit(
     dtype = dtype if dtype is not None else getattr(denoiser, "dtype", torch.float32)
     schedule_name, rho, times = _student_times(denoiser, solver, nfe, schedule, options)
     seeds = teacher_seeds(trajectories, validate, holdout)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     teach = teacher_states(
         denoiser,
         [TeacherRequest.for_student(denoiser, times, schedule_name, rho, teacher_nfe)],
@@ -350,7 +354,7 @@ def fit(
         dtype=dtype,
         device=device,
         batch_size=batch_size,
-        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        cache_dir=cache,
         progress=progress,
     )
     settings = FitSettings(loss=loss, optimizer=optimizer, lr=lr, epochs=epochs,
@@ -364,8 +368,7 @@ def fit(
     with PeakMemory(device) as peak:
         with tqdm(total=len(times) - 1, desc="PAS fit", unit="step",
                   disable=None if progress else True) as bar:
-            _search(student, teach, seeds[:trajectories], chunk, (k, use_xT), search,
-                    Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            _search(student, teach, seeds[:trajectories], chunk, (k, use_xT), search, cache,
                     (device, dtype), clock, bar)
         corrected, validation = search.corrected, None
         if validate:
