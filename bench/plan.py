@@ -522,16 +522,17 @@ def fit_memory_lines(cells: list[Cell], cache_dir: Path, device: torch.device) -
     for name, found in fits.items():
         memory, chunk = max(found, key=lambda fit: fit[0].device)
         scratch = max(fit.scratch for fit, _ in found)
-        where = (f"{_size(memory.host)} on the host" if device.type == "cpu"
-                 else f"{_size(memory.device)} on the {device.type} device and "
-                 f"{_size(memory.host)} on the host")
+        where = (f"{size_text(memory.host)} on the host" if device.type == "cpu"
+                 else f"{size_text(memory.device)} on the {device.type} device and "
+                 f"{size_text(memory.host)} on the host")
         lines.append(f"PAS fit for {name}: peak {where} ({chunk:,} trajectories per chunk; "
-                     f"the network's own memory comes on top), up to {_size(scratch)} of "
+                     f"the network's own memory comes on top), up to {size_text(scratch)} of "
                      "scratch in the cache")
     return lines
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """Bytes as the dry run prints them: GiB from 1 GiB on, else MiB."""
     return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"
 
 

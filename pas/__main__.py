@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--chunk",
         type=int,
         help="trajectories followed at a time (memory grows with it, not with --trajectories; "
-        "default: a quarter of a CUDA device's memory, a few tens of MiB on the CPU)",
+        "default: a quarter of a CUDA device's memory, 1 GiB on the CPU)",
     )
     f.add_argument("--cache-dir", help="default: $PASBENCH_CACHE or ~/.cache/pasbench")
     f.add_argument("--device", default="cpu", help="torch device (default cpu)")

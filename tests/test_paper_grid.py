@@ -11,8 +11,7 @@ import torch
 
 from bench.grids import load_grid
 from bench.models.registry import get_dataset
-from bench.plan import build_plan
-from pas.memory import default_chunk, fit_memory
+from bench.plan import build_plan, fit_memory_lines
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 SOLVERS = ["ddim", "ipndm", "deis", "dpmpp", "unipc"]
@@ -76,13 +75,14 @@ def test_dry_run_lists_all_230_cells_and_downloads_nothing(tmp_path):
         line = next(x for x in done.stdout.splitlines() if x.startswith(f"PAS teacher for {name}:"))
         assert f"one solve for {fits} fit(s)" in line and "x 5,500 seeds" in line
         assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
-        # The fit's own peak (pas.memory) on this CPU: its largest NFE, in the default chunks.
-        steps, k, held = max(NFES[name]), 4, 500
-        chunk = default_chunk(get_dataset(name).shape, steps, k, torch.float32, "cpu")
-        peak = fit_memory(get_dataset(name).shape, 5000, held, steps, k, 4, chunk, "cpu").host
-        line = next(x for x in done.stdout.splitlines() if x.startswith(f"PAS fit for {name}:"))
-        assert line.startswith(f"PAS fit for {name}: peak {peak / 2**20:,.0f} MiB on the host "
-                               f"({chunk:,} trajectories per chunk;")
+    # Each dataset's peak PAS fit memory on this CPU, from pas.memory's model: bounded by the
+    # default chunk's 1 GiB working set, where one LSUN state of 5,500 trajectories is 4 GiB.
+    memory = fit_memory_lines(build_plan(load_grid("paper")), tmp_path / "cache",
+                              torch.device("cpu"))
+    assert [line for line in done.stdout.splitlines() if line.startswith("PAS fit for")] == memory
+    for name, line in zip([*DATASETS, "ms_coco"], memory, strict=True):
+        peak = line.removeprefix(f"PAS fit for {name}: peak ").split(" on the host")[0]
+        assert peak.endswith(" GiB") and float(peak.split()[0]) < 1.5, line
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout
