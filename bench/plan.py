@@ -28,6 +28,8 @@ from bench.grids import Grid
 from bench.metrics.frechet import DEFAULT_BLOCKS, MIN_SAMPLES
 from bench.models.registry import dataset_names, get_dataset
 from bench.models.spec import DatasetSpec
+from pas.adaptive import holdout_count
+from pas.memory import FitMemory, default_chunk, fit_memory
 from pas.search import loss_name
 from pas.teacher import needed_times, split_requests, states_bytes
 from solvers import REGISTRY, schedule_names
@@ -39,7 +41,7 @@ _DTYPE_BYTES = {"float32": 4, "float64": 8}
 # pas.fit keywords that change where, in what chunks or how visibly it runs, never what it fits
 # (the runner fills them in); dtype and the dataset are part of every cell anyway.
 _PAS_RUNTIME_KEYWORDS = {"schedule", "cache_dir", "progress", "device", "dtype", "dataset",
-                         "batch_size"}
+                         "batch_size", "chunk"}
 # The most one PAS teacher solve keeps on disk (--teacher-disk): a teacher group whose states
 # would take more is solved in consecutive parts (run order), each deleted once its fits are
 # stored, so the cache peaks at one part. 100 GiB puts the paper grid's largest (LSUN Bedroom,
@@ -579,9 +581,8 @@ def teacher_cost(cells: list[Cell], cache_dir: Path,
             steps = 0 if stored else len(pas.shared_grid(requests)) - 1
             costs.append({"dataset": key[0], "fits": len(requests), "grid_steps": steps,
                           "seeds": len(seeds), "evaluations": 2 * steps * len(seeds),
-                          # Kept in the cache: every needed time; in memory during a fit: its times.
+                          # Kept in the cache: every needed time.
                           "stored_bytes": 0 if stored else len(needed_times(requests)) * state,
-                          "fit_bytes": max(len(r.times) for r in requests) * state,
                           "part": part, "parts": len(solves), "keys": [c.pas_key for c in fits],
                           "shared": shared})
     return costs
@@ -724,6 +725,40 @@ def _work(cells: list[Cell], cache_dir: Path,
     return works
 
 
+def fit_memory_lines(cells: list[Cell], cache_dir: Path, device: torch.device) -> list[str]:
+    """Per dataset with PAS fits to run: the peak memory of its largest fit on ``device`` and
+    the largest scratch file a fit keeps on disk meanwhile, from pas.memory's model (the fit
+    streams its trajectories in chunks; the default chunk is used)."""
+    fits: dict[str, list[tuple[FitMemory, int]]] = {}
+    for cell in cells:
+        if not cell.pas or (cache_dir / "artifacts" / f"{cell.pas_key}.json").exists():
+            continue
+        settings, shape = cell.pas_settings, get_dataset(cell.dataset).shape
+        held = (holdout_count(settings["trajectories"], settings["holdout"])
+                if settings["validate"] else 0)
+        chunk = default_chunk(shape, cell.steps, settings["k"], getattr(torch, cell.dtype), device)
+        memory = fit_memory(shape, settings["trajectories"], held, cell.steps, settings["k"],
+                            _DTYPE_BYTES[cell.dtype], chunk, device.type,
+                            cell.options.get("order", 0))
+        fits.setdefault(cell.dataset, []).append((memory, min(chunk, settings["trajectories"])))
+    lines = []
+    for name, found in fits.items():
+        memory, chunk = max(found, key=lambda fit: fit[0].device)
+        scratch = max(fit.scratch for fit, _ in found)
+        where = (f"{size_text(memory.host)} on the host" if device.type == "cpu"
+                 else f"{size_text(memory.device)} on the {device.type} device and "
+                 f"{size_text(memory.host)} on the host")
+        lines.append(f"PAS fit for {name}: peak {where} ({chunk:,} trajectories per chunk; "
+                     f"the network's own memory comes on top), up to {size_text(scratch)} of "
+                     "scratch in the cache")
+    return lines
+
+
+def size_text(count: int) -> str:
+    """Bytes as the dry run prints them: GiB from 1 GiB on, else MiB."""
+    return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"
+
+
 def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cache_dir: Path,
                   device: torch.device, disk: TeacherDisk = DEFAULT_DISK) -> str:
     """The --dry-run report: every cell, its status and cost, totals, a time estimate, downloads."""
@@ -754,10 +789,10 @@ def describe_plan(cells: list[Cell], todo: list[Cell], overrides: Overrides, cac
            f"{cost['seeds']:,} seeds = {cost['evaluations']:,} evaluations, "
            f"{cost['stored_bytes'] / 2**30:,.1f} GiB of states in the cache"
            if cost["grid_steps"] else "already in the cache")
-        + f"; a fit holds {cost['fit_bytes'] / 2**30:,.1f} GiB of them in memory"
         for cost in teachers)
     lines.extend(teacher_disk_lines(teachers, disk))
     lines.extend(reference_lines(todo, cache_dir))
+    lines.extend(fit_memory_lines(todo, cache_dir, device))
     downloads = _downloads(todo, overrides, cache_dir)
     lines.append("downloads:" + ("" if downloads else " none"))
     lines.extend(f"  {url} -> {path} ({'cached' if cached else 'to download'})"

@@ -31,7 +31,8 @@ from bench.timing import TIMING_KEYS
 ROW_KEYS = (
     "run_id", "created_at", "git_sha", "git_dirty", "host", "device", "torch_version",
     "package_version", "grid", "dataset", "solver", "nfe", "schedule", "order", "options", "pas",
-    "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_holdout_gain", "pas_settings",
+    "pas_params", "pas_steps", "pas_fit_s", "teacher_s", "pas_holdout_gain", "pas_peak_mem_mb",
+    "pas_settings",
     "num_samples", "seeds",
     "batch_size", "world_size", "dtype", "precision", "metric", "value", "rmse_to_teacher",
     "sample_s", "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview", "config_hash",
@@ -48,7 +49,8 @@ ROW_KEYS = (
 # Keys that describe when/where/how fast a row was produced rather than what it measured.
 PROVENANCE_KEYS = (
     "run_id", "created_at", "git_sha", "git_dirty", "host", "device", "torch_version",
-    "package_version", "batch_size", "world_size", "pas_fit_s", "teacher_s", "sample_s",
+    "package_version", "batch_size", "world_size", "pas_fit_s", "teacher_s", "pas_peak_mem_mb",
+    "sample_s",
     "s_per_sample", *TIMING_KEYS, "metric_s", "peak_mem_mb", "preview",
 )
 _REPO_ROOT = Path(__file__).resolve().parent.parent

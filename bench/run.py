@@ -91,6 +91,16 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _fit_peak_mb(memory: dict | None) -> float | None:
+    """A PAS fit's peak memory in MiB from its artifact (pas.memory.PeakMemory): CUDA's peak
+    allocation on a GPU, the host's peak anonymous resident memory (RssAnon) on the CPU; None for
+    artifacts written before fits recorded it."""
+    if not memory:
+        return None
+    peak = memory["device_peak"] if memory["device"] == "cuda" else memory["host_rss_anon_peak"]
+    return None if peak is None else peak / 2**20
+
+
 def _show_progress(args: Namespace, world: World) -> bool:
     """Progress bars: on rank 0, unless --quiet, when stderr is a terminal."""
     return world.is_main and not args.quiet and sys.stderr.isatty()
@@ -469,11 +479,12 @@ class Runner:
              times: dict, metric_s: float, peak: float, preview: str, extra: dict) -> dict:
         artifact = sampling.artifact
         fit = {"pas_params": None, "pas_steps": None, "pas_fit_s": None, "teacher_s": None,
-               "pas_holdout_gain": None}
+               "pas_holdout_gain": None, "pas_peak_mem_mb": None}
         if artifact is not None:
             fit = {"pas_params": artifact.n_params, "pas_steps": sorted(artifact.corrected),
                    "pas_fit_s": artifact.fit_seconds, "teacher_s": artifact.teacher_seconds,
-                   "pas_holdout_gain": artifact.holdout_gain}
+                   "pas_holdout_gain": artifact.holdout_gain,
+                   "pas_peak_mem_mb": _fit_peak_mb(artifact.memory)}
         return {
             "run_id": self.run_file.run_id, "created_at": utc_now(), **self.fixed,
             "grid": self.grid_name, "dataset": cell.dataset, "solver": cell.solver,

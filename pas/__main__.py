@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-xT", dest="use_xT", action="store_false", help="leave x_T out of the PCA buffer"
     )
     f.add_argument("--batch-size", type=int, help="samples per denoiser call (default: dataset's)")
+    f.add_argument(
+        "--chunk",
+        type=int,
+        help="trajectories followed at a time (memory grows with it, not with --trajectories; "
+        "default: a quarter of a CUDA device's memory, 1 GiB on the CPU)",
+    )
     f.add_argument("--cache-dir", help="default: $PASBENCH_CACHE or ~/.cache/pasbench")
     f.add_argument("--device", default="cpu", help="torch device (default cpu)")
     f.add_argument("--dtype", choices=list(DTYPES), default="float32", help="working dtype (default float32)")
@@ -144,6 +150,7 @@ def _fit(args: argparse.Namespace) -> int:
         validate=args.validate,
         holdout=args.holdout,
         batch_size=spec.default_batch_size if args.batch_size is None else args.batch_size,
+        chunk=args.chunk,
         cache_dir=args.cache_dir,
         device=args.device,
         dtype=dtype,
@@ -179,6 +186,7 @@ def summary(art: PASArtifact) -> str:
             f"{teacher.get('trajectories')} trajectories ({seed_text}), "
             f"{art.teacher_seconds:.1f} s{cached}"
         ),
+        _memory_line(art),
         (
             f"fit: {art.fit_seconds:.2f} s ("
             + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in art.fit_parts.items())
@@ -221,6 +229,18 @@ def summary(art: PASArtifact) -> str:
         ]
         text += "\n" + tabulate(rows, headers=["corrected steps", "held-out loss"])
     return text
+
+
+def _memory_line(art: PASArtifact) -> str:
+    memory = art.memory
+    if not memory:
+        return "memory: not recorded"
+    parts = [f"chunks of {art.chunk} trajectories"]
+    if memory["device_peak"] is not None:
+        parts.append(f"peak {memory['device_peak'] / 2**20:,.0f} MiB on {memory['device']}")
+    if memory["host_rss_anon_peak"] is not None:
+        parts.append(f"host RssAnon peak {memory['host_rss_anon_peak'] / 2**20:,.0f} MiB")
+    return "memory: " + ", ".join(parts)
 
 
 def _gate_line(art: PASArtifact) -> str:

@@ -1,10 +1,11 @@
 """``pas.fit``: the adaptive search of pas-spec §6 with the decisions of §0, then a held-out gate.
 
-The student solver runs once over all training latents with a *fitting* correction hook. At step i
-the hook builds each sample's basis, fits the shared coordinates against the teacher's state at
-t_{i+1}, decides whether the step is worth correcting, and returns the direction the solver should
-use (corrected with the final coordinates, or its own). So the search follows exactly the recursion
-that sampling will follow, for every solver that offers the hook, with no per-solver code.
+The student solver follows the training trajectories step by step (pas.stream, chunk by chunk
+through a scratch file, so memory does not grow with their number). At step i every sample's
+basis is built, the shared coordinates are fitted against the teacher's state at t_{i+1}, and the
+step is accepted or not before step i+1 starts from the direction chosen (corrected with the
+final coordinates, or the solver's own). So the search follows exactly the recursion that
+sampling will follow, for every solver, with no per-solver code.
 
 The search judges each step by its one-step loss, which can fall while the final samples get
 worse. With ``validate`` (the default) the teacher also solves held-out seeds the search never
@@ -20,6 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +31,17 @@ from tqdm import tqdm
 
 import solvers
 from pas.artifact import PASArtifact, PASCorrection, StepSearch
-from pas.basis import BasisTracker
 from pas.cache import default_cache_dir
-from pas.search import (
-    OPTIMIZERS,
-    FitSettings,
-    accept,
-    fit_coords,
-    loss_name,
-    loss_value,
-    per_sample_loss,
+from pas.memory import PeakMemory, default_chunk
+from pas.search import OPTIMIZERS, FitSettings, accept, fit_coords, loss_name, per_sample_loss
+from pas.stream import (
+    StudentStream,
+    chunk_slices,
+    history_size,
+    scratch_file,
+    scratch_layout,
 )
 from pas.teacher import TEACHER_SEED_START, TeacherRequest, seed_range, teacher_states
-from solvers.context import StepContext
 
 # Held-out seeds: `holdout` x trajectories, but never fewer than this.
 MIN_HOLDOUT = 100
@@ -55,9 +55,11 @@ class Clock:
 
     parts: dict[str, float] = field(default_factory=dict)
 
-    def add(self, part: str, began: float) -> float:
+    def add(self, part: str, began: float, nested: float = 0.0) -> float:
+        """Add the seconds since ``began`` to ``part``, less ``nested`` seconds that another part
+        counted meanwhile; returns now."""
         now = time.perf_counter()
-        self.parts[part] = self.parts.get(part, 0.0) + now - began
+        self.parts[part] = self.parts.get(part, 0.0) + now - began - nested
         return now
 
 
@@ -85,59 +87,42 @@ class ChunkedDenoiser:
         return out
 
 
-class FittingHook:
-    """The correction hook that fits every step of one student run (pas-spec §6)."""
+@dataclass
+class Search:
+    """The search's settings and what it found (pas-spec §6)."""
 
-    def __init__(
-        self,
-        targets: Tensor,
-        k: int,
-        use_xT: bool,
-        settings: FitSettings,
-        taus: tuple[float, float],
-        clock: Clock,
-        bar: tqdm,
-    ):
-        self.targets = targets
-        self.tracker = BasisTracker(k, use_xT)
-        self.settings = settings
-        self.tau_first, self.tau = taus
-        self.clock = clock
-        self.search: list[StepSearch] = []
-        self.corrected: dict[int, list[float]] = {}
-        self.bar = bar
+    settings: FitSettings
+    taus: tuple[float, float]
+    search: list[StepSearch] = field(default_factory=list)
+    corrected: dict[int, list[float]] = field(default_factory=dict)
 
-    def __call__(self, ctx: StepContext) -> Tensor:
-        began = time.perf_counter()
-        samples = ctx.x_cur.shape[0]
-        x = ctx.x_cur.reshape(samples, -1)
-        target = self.targets[ctx.index + 1].to(ctx.x_cur).reshape(samples, -1)
-        # The solver steps with x + dt * d for a Python float dt; predict states the same way.
-        dt = float(ctx.t_next) - float(ctx.t_cur)
-        full = self.tracker.basis(ctx)
-        q = full.size
-        basis = full.vectors[:q].reshape(q, *x.shape)
-        direction = ctx.direction.reshape(samples, -1)
-        unchanged = torch.add(x, direction, alpha=dt).sub_(target)  # residual without correction
-        before = loss_value(self.settings.loss, unchanged).item()
-        start = torch.zeros(q, dtype=x.dtype, device=x.device)
-        start[0] = direction.norm(dim=1).mean()
-        began = self.clock.add("basis", began)
-        coords, epochs = fit_coords(x - target, basis, dt, start, self.settings)
-        began = self.clock.add("optimizer", began)
-        corrected = full.combine(coords, ctx.direction)
-        # The state the solver will reach with the stored coordinates, and its loss (decision 0.5).
-        reached = torch.add(x, corrected.reshape(samples, -1), alpha=dt)
-        after = loss_value(self.settings.loss, reached.sub_(target)).item()
-        tau = self.tau if self.corrected else self.tau_first
-        accepted = accept(before, after, tau)
-        self.search.append(StepSearch(ctx.index, q, before, after, accepted, epochs, coords.tolist()))
-        if accepted:
-            self.corrected[ctx.index] = coords.tolist()
-        self.clock.add("basis", began)
-        self.bar.update()
-        self.bar.set_postfix(step=ctx.index, before=f"{before:.3g}", after=f"{after:.3g}")
-        return corrected if accepted else ctx.direction
+    def run(self, stream: StudentStream, clock: Clock, bar: tqdm) -> None:
+        """Fit every step of ``stream`` in turn, deciding each before the next is taken."""
+        loss = self.settings.loss
+        for i in range(stream.steps):
+            began, denoised = time.perf_counter(), clock.parts.get("denoiser", 0.0)
+            totals = stream.advance(i, loss)
+            samples = stream.parts[-1].stop
+            before = totals.before / samples
+            q = totals.size
+            start = torch.zeros(q, dtype=stream.dtype, device=stream.device)
+            start[0] = totals.direction_norm / samples
+            # The solver's denoiser calls are the "denoiser" part's.
+            began = clock.add("basis", began, clock.parts.get("denoiser", 0.0) - denoised)
+            dt = stream.tf[i + 1] - stream.tf[i]
+            coords, epochs = fit_coords(stream.data(q), dt, start, self.settings)
+            began = clock.add("optimizer", began)
+            # The loss of the state the solver will reach with the stored coordinates (0.5).
+            after = stream.apply(i, coords, loss)
+            tau = self.taus[1] if self.corrected else self.taus[0]
+            accepted = accept(before, after, tau)
+            stream.decide(i, coords if accepted else None)
+            self.search.append(StepSearch(i, q, before, after, accepted, epochs, coords.tolist()))
+            if accepted:
+                self.corrected[i] = coords.tolist()
+            clock.add("basis", began)
+            bar.update()
+            bar.set_postfix(step=i, before=f"{before:.3g}", after=f"{after:.3g}")
 
 
 @dataclass
@@ -164,31 +149,29 @@ class Student:
 
 
 def _gate(
-    student: Student,
-    start: tuple[Tensor, Tensor | None],
-    final: Tensor,
+    held_out_losses,
     corrected: dict[int, list[float]],
     basis: tuple[int, bool],
-    loss: str,
+    steps: int,
     tau: float,
 ) -> tuple[dict[int, list[float]], dict[str, Any]]:
     """The subset of ``corrected`` to keep, chosen on held-out seeds, and the record of the choice.
 
-    Greedy backward elimination from all accepted steps: drop the step whose removal lowers the
-    held-out final-state loss most, while one does. The lowest-loss subset seen is kept when it
-    beats the base solver by more than ``tau`` and by more than GATE_Z standard errors of the
-    per-sample loss differences (the seeds are paired, so this is the noise of the held-out
-    estimate); otherwise nothing is kept.
+    ``held_out_losses(hook)`` is the per-sample final-state loss of the held-out seeds sampled
+    with ``hook`` (None: the base solver). Greedy backward elimination from all accepted steps:
+    drop the step whose removal lowers the held-out loss most, while one does. The lowest-loss
+    subset seen is kept when it beats the base solver by more than ``tau`` and by more than GATE_Z
+    standard errors of the per-sample loss differences (the seeds are paired, so this is the noise
+    of the held-out estimate); otherwise nothing is kept.
     """
     k, use_xT = basis
-    steps = len(student.times) - 1
     losses: dict[tuple[int, ...], Tensor] = {}
 
     def held_out(subset: tuple[int, ...]) -> float:
         if subset not in losses:
             kept = {i: corrected[i] for i in subset}
-            hook = PASCorrection(kept, use_xT, steps, k) if kept else None
-            losses[subset] = per_sample_loss(loss, student.run(*start, hook) - final)
+            losses[subset] = held_out_losses(
+                PASCorrection(kept, use_xT, steps, k) if kept else None)
         return float(losses[subset].mean())
 
     base = held_out(())
@@ -270,6 +253,40 @@ def _check_settings(solver: str, integers: dict[str, int], reals: dict[str, floa
             raise ValueError(f"{name} must be >= 0, got {reals[name]!r}")
 
 
+def _search(student: Student, teach, seeds: Sequence[int], chunk: int, basis: tuple[int, bool],
+            search: Search, cache_dir: Path, where: tuple, clock: Clock, bar: tqdm) -> None:
+    """Run ``search`` on the trajectories of ``seeds``, streamed in chunks through a scratch
+    file in the cache (pas.stream; deleted when the search ends)."""
+    device, dtype = where
+    steps = len(student.times) - 1
+    layout = scratch_layout(steps, basis[0], history_size(student))
+    dim = math.prod(student.denoiser.shape)
+
+    def targets(i: int, part: slice) -> Tensor:
+        return teach.states(student.times[i + 1 : i + 2], part)[0]
+
+    with scratch_file(cache_dir / "scratch", len(seeds), dim, dtype, layout) as scratch:
+        stream = StudentStream(student, seeds, targets, scratch,
+                               chunk_slices(len(seeds), chunk), basis, device, dtype)
+        search.run(stream, clock, bar)
+
+
+def _held_out_losses(student: Student, teach, seeds: Sequence[int], trajectories: int,
+                     chunk: int, loss: str, where: tuple, hook) -> Tensor:
+    """Per-sample final-state losses of the held-out seeds (those after ``trajectories``),
+    sampled with ``hook`` chunk by chunk."""
+    device, dtype = where
+    losses = []
+    for part in chunk_slices(len(seeds) - trajectories, chunk):
+        held = slice(trajectories + part.start, trajectories + part.stop)
+        latents, labels = solvers.latents_for_seeds(
+            seeds[held], student.denoiser.shape, dtype=dtype, device=device,
+            label_dim=student.denoiser.label_dim)
+        final = teach.states(student.times[-1:], held)[0].to(device=device, dtype=dtype)
+        losses.append(per_sample_loss(loss, student.run(latents, labels, hook) - final))
+    return torch.cat(losses)
+
+
 def fit(
     denoiser,
     solver: str,
@@ -291,6 +308,7 @@ def fit(
     validate: bool = True,
     holdout: float = 0.1,
     batch_size: int = 256,
+    chunk: int | None = None,
     cache_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -306,6 +324,10 @@ def fit(
     more for the gate. ``optimizer``: "exact" (the loss's minimiser) or "adam" (the reference's
     loop, with ``lr``, ``epochs``, ``early_stop``). ``device`` and ``dtype`` default to the
     denoiser's ``device``/``dtype`` attributes, else CPU float32.
+
+    The trajectories are followed ``chunk`` at a time (pas.stream; default: as many as take about
+    a sixteenth of the host's memory, or a quarter of a CUDA device's, see pas.memory), so memory
+    grows with the chunk, not with ``trajectories``. The artifact records the fit's peak memory.
     """
     loss = loss_name(loss)
     if optimizer not in OPTIMIZERS:
@@ -313,7 +335,8 @@ def fit(
     _check_settings(
         solver,
         {"k": k, "trajectories": trajectories, "teacher_nfe": teacher_nfe, "epochs": epochs,
-         "early_stop": early_stop, "batch_size": batch_size},
+         "early_stop": early_stop, "batch_size": batch_size,
+         **({"chunk": chunk} if chunk is not None else {})},
         {"lr": lr, "tau_first": tau_first, "tau": tau, "holdout": holdout},
     )
     spec = solvers.get_solver(solver)
@@ -322,6 +345,7 @@ def fit(
     dtype = dtype if dtype is not None else getattr(denoiser, "dtype", torch.float32)
     schedule_name, rho, times = _student_times(denoiser, solver, nfe, schedule, options)
     seeds = teacher_seeds(trajectories, validate, holdout)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     teach = teacher_states(
         denoiser,
         [TeacherRequest.for_student(denoiser, times, schedule_name, rho, teacher_nfe)],
@@ -330,7 +354,7 @@ def fit(
         dtype=dtype,
         device=device,
         batch_size=batch_size,
-        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        cache_dir=cache,
         progress=progress,
     )
     settings = FitSettings(loss=loss, optimizer=optimizer, lr=lr, epochs=epochs,
@@ -338,28 +362,24 @@ def fit(
     clock = Clock()
     student = Student(ChunkedDenoiser(denoiser, batch_size, clock), solver, nfe, times,
                       solver_options)
+    chunk = chunk or default_chunk(denoiser.shape, len(times) - 1, k, dtype, device)
+    search = Search(settings, (tau_first, tau))
     began = time.perf_counter()
-    latents, labels = solvers.latents_for_seeds(
-        seeds, denoiser.shape, dtype=dtype, device=device, label_dim=denoiser.label_dim
-    )
-    fit_part = slice(0, trajectories)
-    with tqdm(
-        total=len(times) - 1, desc="PAS fit", unit="step", disable=None if progress else True
-    ) as bar:
-        targets = teach.states(times, fit_part).to(device)
-        hook = FittingHook(targets, k, use_xT, settings, (tau_first, tau), clock, bar)
-        student.run(latents[fit_part], None if labels is None else labels[fit_part], hook)
-    corrected, validation = hook.corrected, None
-    if validate:
-        gate_began = time.perf_counter()
-        final = teach.states(times[-1:], slice(trajectories, None))[0].to(device)
-        rest = slice(trajectories, None)
-        corrected, validation = _gate(
-            student, (latents[rest], None if labels is None else labels[rest]), final,
-            hook.corrected, (k, use_xT), loss, tau,
-        )
-        validation["seeds"] = seed_range(seeds[rest])
-        clock.add("gate", gate_began)
+    with PeakMemory(device) as peak:
+        with tqdm(total=len(times) - 1, desc="PAS fit", unit="step",
+                  disable=None if progress else True) as bar:
+            _search(student, teach, seeds[:trajectories], chunk, (k, use_xT), search, cache,
+                    (device, dtype), clock, bar)
+        corrected, validation = search.corrected, None
+        if validate:
+            gate_began = time.perf_counter()
+            rest = slice(trajectories, None)
+            held_out = partial(_held_out_losses, student, teach, seeds, trajectories, chunk,
+                               loss, (device, dtype))
+            corrected, validation = _gate(held_out, search.corrected, (k, use_xT),
+                                          len(times) - 1, tau)
+            validation["seeds"] = seed_range(seeds[rest])
+            clock.add("gate", gate_began)
     fit_seconds = time.perf_counter() - began
     return PASArtifact(
         dataset=dataset or denoiser.name,
@@ -376,7 +396,7 @@ def fit(
         k=k,
         use_xT=use_xT,
         corrected=corrected,
-        search=hook.search,
+        search=search.search,
         loss=loss,
         optimizer=optimizer,
         lr=lr,
@@ -393,7 +413,7 @@ def fit(
             "actual_nfe": teach.nfe,
             "grid_points": len(teach.grid),
             "trajectories": trajectories,
-            "seeds": seed_range(seeds[fit_part]),
+            "seeds": seed_range(seeds[:trajectories]),
             "cached": teach.cached,
             "generation_seconds": teach.generation_seconds,
         },
@@ -401,4 +421,6 @@ def fit(
         fit_parts=dict(clock.parts),
         teacher_seconds=teach.seconds,
         dtype=str(dtype).removeprefix("torch."),
+        chunk=min(chunk, len(seeds)),
+        memory=peak.record(),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,10 @@ class PASArtifact:
     fit_parts: dict[str, float]
     teacher_seconds: float
     dtype: str
+    # Trajectories per chunk and the fit's peak memory (pas.memory.PeakMemory.record); artifacts
+    # written before they existed lack them.
+    chunk: int | None = None
+    memory: dict[str, Any] | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     @property
@@ -128,10 +132,10 @@ class PASArtifact:
             raise ValueError(
                 f"unsupported PAS artifact format_version {version!r} (expected {FORMAT_VERSION})"
             )
-        missing = {f.name for f in fields(cls)} - set(data)
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - set(data)
         if missing:
             raise ValueError(f"PAS artifact lacks fields: {', '.join(sorted(missing))}")
-        values = {f.name: data[f.name] for f in fields(cls)}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["corrected"] = {int(i): [float(x) for x in c] for i, c in data["corrected"].items()}
         values["search"] = [StepSearch(**s) for s in data["search"]]
         return cls(**values)

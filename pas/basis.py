@@ -242,6 +242,31 @@ class BasisTracker:
         self._stored = list(wanted)
         return first
 
+    def resume(self, ctx: StepContext, gram: Tensor | None = None, known: int = 0) -> None:
+        """Take up a batch part-way: its first ``known`` rows [x_T, *ctx.used][:known] were seen
+        at earlier steps, so the next ``basis(ctx)`` computes only the products of the rows
+        after them (pas.stream keeps the products between the steps of a chunk of trajectories).
+
+        ``gram`` [B, known, known] holds their inner products (``known_gram``); without it the
+        tracker's last call was on the same trajectories and still holds their rows and products
+        (then only the tensors behind them are new).
+        """
+        stored = [ctx.x_T, *ctx.used][:known]
+        if gram is None:
+            self._x_T, self._stored = ctx.x_T, stored
+            return
+        self._start(ctx)
+        self._stored = stored
+        batch = ctx.x_T.shape[0]
+        for slot, row in enumerate(stored):
+            self._rows[:, slot].copy_(row.reshape(batch, -1))
+        self._gram[:, :known, :known] = gram
+
+    def known_gram(self, n: int) -> Tensor:
+        """The inner products of the first n rows seen so far [B, n, n] (n <= the rows the last
+        ``basis`` call saw; a view of the tracker's buffer)."""
+        return self._gram[:, :n, :n]
+
     def _chunks(self) -> list[slice]:
         """Sample ranges whose float64 rows take about _CHUNK_BYTES."""
         batch, slots, dim = self._rows.shape

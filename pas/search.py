@@ -14,14 +14,20 @@ q <= 4 coordinates, and the default (``optimizer="exact"``) finds their minimise
 
 ``optimizer="adam"`` is the reference's full-batch Adam from the reference start (§4.1, §5), kept
 for paper parity.
+
+The data of a step come as :class:`StepData`: chunks of samples (pas.stream reads them from a
+memory-mapped scratch file; ``Resident`` slices tensors). Every optimiser sees them one chunk at
+a time: L2 and pseudo-Huber reduce them to small sums in one pass, L1 takes a pass per close fit
+and keeps at most ``NEAR_CAP`` residuals in memory, Adam takes a pass per epoch.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,6 +47,8 @@ SUBSAMPLE = 1 << 16
 # about this many (see l1_coords).
 NEAR_FRACTION = 0.05
 LP_POINTS = 200
+# ...but the close fit never keeps more than about this many (memory: ~(q+2) x 8 bytes each).
+NEAR_CAP = 1 << 21
 F64 = torch.float64
 
 
@@ -100,16 +108,53 @@ class FitSettings:
     early_stop: int = 10
 
 
-def least_squares_coords(offset: Tensor, basis: Tensor, dt: float) -> Tensor:
+class StepData(Protocol):
+    """One step's fitting data, ``samples`` x ``dim`` residual elements in chunks of samples."""
+
+    samples: int
+    dim: int
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(offset x - target [c, D], basis [q, c, D] coordinate-major) per chunk, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class Resident:
+    """StepData held in memory: offset [S, D] and basis [q, S, D], handed out ``chunk`` samples
+    at a time (all at once by default)."""
+
+    offset: Tensor
+    basis: Tensor
+    chunk: int | None = None
+
+    @property
+    def samples(self) -> int:
+        return self.offset.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.offset[0].numel()
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        size = self.chunk or self.samples
+        for start in range(0, self.samples, size):
+            part = slice(start, start + size)
+            yield self.offset[part].reshape(-1, self.dim), self.basis[:, part]
+
+
+def least_squares_coords(data: StepData, dt: float) -> Tensor:
     """The exact L2 minimiser of mean ||offset + dt * sum_j c_j u_j||^2 over shared c.
 
-    offset [S, D] is x - target, basis [q, S, D] (coordinate-major). The normal equations are
-    (sum_s U_s U_s^T) c = -(sum_s U_s offset_s) / dt, solved in float64 (least-squares solve, so a
-    coordinate no sample uses gets 0 instead of a singular system).
+    The normal equations are (sum_s U_s U_s^T) c = -(sum_s U_s offset_s) / dt, summed over the
+    chunks and solved in float64 (least-squares solve, so a coordinate no sample uses gets 0
+    instead of a singular system).
     """
-    flat = basis.reshape(basis.shape[0], -1)
-    gram = (flat @ flat.T).to(F64)
-    rhs = -(flat @ offset.reshape(-1)).to(F64) / dt
+    gram = rhs = 0.0
+    for offset, basis in data.chunks():
+        flat = basis.reshape(basis.shape[0], -1)
+        gram = gram + (flat @ flat.T).to(F64)
+        rhs = rhs - (flat @ offset.reshape(-1)).to(F64) / dt
     coords = torch.linalg.lstsq(gram.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0]
     return coords.to(device=basis.device, dtype=basis.dtype)
 
@@ -152,21 +197,42 @@ class Objective:
         return value, (self.dt / r.numel()) * (self.flat_basis @ w)
 
 
-def adam_coords(
-    offset: Tensor, basis: Tensor, dt: float, start: Tensor, settings: FitSettings
-) -> tuple[Tensor, int]:
-    """Full-batch Adam on L1 or pseudo-Huber: one step per epoch over all samples at once.
+class _ChunkedObjective:
+    """The Objective of all chunks: their values and gradients averaged with weights c / S (each
+    chunk's loss is a mean over its c samples). Resident data keep one Objective per chunk (and
+    its buffers); streamed data build them anew each epoch."""
 
-    Returns the coordinates after the last step and the number of epochs run.
+    def __init__(self, name: str, data: StepData, dt: float):
+        self.name, self.data, self.dt = name, data, dt
+        self.kept = (
+            [Objective(name, o, b, dt) for o, b in data.chunks()]
+            if isinstance(data, Resident) else None
+        )
+
+    def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        parts = self.kept or (Objective(self.name, o, b, self.dt) for o, b in self.data.chunks())
+        value = grad = 0.0
+        for part in parts:
+            weight = part.samples / self.data.samples
+            v, g = part(coords)
+            value, grad = value + weight * v, grad + weight * g
+        return value, grad
+
+
+def adam_coords(
+    data: StepData, dt: float, start: Tensor, settings: FitSettings
+) -> tuple[Tensor, int]:
+    """Full-batch Adam on L1 or pseudo-Huber: one step per epoch over all samples (a pass over
+    the chunks). Returns the coordinates after the last step and the number of epochs run.
     """
-    objective = Objective(settings.loss, offset, basis, dt)
+    objective = _ChunkedObjective(settings.loss, data, dt)
     coords = start.clone()
     optimiser = torch.optim.Adam([coords], lr=settings.lr)
     history: list[float] = []
     for _ in range(settings.epochs):
         value, coords.grad = objective(coords)
         optimiser.step()
-        history.append(value.item())
+        history.append(float(value))
         if is_flat(history, settings.early_stop):
             break
     return coords, len(history)
@@ -262,47 +328,26 @@ def _lp_step(design: Tensor, offset: Tensor, linear: Tensor, half_width: float) 
 
 
 class _L1Problem:
-    """sum_n |o_n + a_n . c| + linear . c over residual elements n, with a_n = scale * design[:, n]
-    (design coordinate-major [q, N]); ``linear`` carries the terms of residuals left out as
-    sign-fixed. ``scale`` lets the full problem use the caller's basis as it is: scaling the q
-    coordinates costs nothing, scaling the q x N design would cost a pass and a copy."""
+    """sum_n |o_n + a_n . c| + linear . c over residual elements n held in memory (design
+    coordinate-major [q, N]); ``linear`` carries the terms of residuals left out as sign-fixed."""
 
-    def __init__(self, design: Tensor, offset: Tensor, linear: Tensor | None = None,
-                 scale: Tensor | None = None):
+    def __init__(self, design: Tensor, offset: Tensor, linear: Tensor | None = None):
         self.design = design
         self.offset = offset
         q = design.shape[0]
         self.linear = torch.zeros(q, dtype=F64, device=design.device) if linear is None else linear
-        self.scale = torch.ones(q, dtype=F64, device=design.device) if scale is None else scale
-        self._lengths: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
-        """|a_n| for every residual (computed once, one pass per coordinate)."""
-        if self._lengths is None:
-            weights = self.scale.square().tolist()
-            squares = torch.mul(self.design[0], self.design[0]).mul_(weights[0])
-            for row, weight in zip(self.design[1:], weights[1:]):
-                squares.addcmul_(row, row, value=weight)
-            self._lengths = squares.sqrt_().clamp_(min=torch.finfo(squares.dtype).tiny)
-        return self._lengths
-
-    def _part(self, index, offset: Tensor, linear: Tensor | None = None) -> _L1Problem:
-        """The problem on the residuals ``index`` selects, its design scaled (so small problems
-        need no ``scale``)."""
-        design = self.design[:, index] * self.scale.to(self.design)[:, None]
-        return _L1Problem(design, offset, linear)
-
-    def subsample(self, count: int) -> _L1Problem:
-        stride = max(1, self.offset.numel() // count)
-        return self._part(slice(None, None, stride), self.offset[::stride].contiguous())
+        """|a_n| for every residual."""
+        return _lengths(self.design)
 
     def residual(self, coords: Tensor) -> Tensor:
-        return torch.addmv(self.offset, self.design.T, (self.scale * coords).to(self.design))
+        return torch.addmv(self.offset, self.design.T, coords.to(self.design))
 
     def huber(self, coords: Tensor, factors: Sequence[float], radius: float = math.inf) -> Tensor:
         """Huber continuation from ``coords``: delta = factor x the mean |residual| there, for each
-        factor; the result stays within ``radius`` of the origin (a problem without ``scale``)."""
+        factor; the result stays within ``radius`` of the origin."""
         scale = max(float(self.residual(coords).abs().mean()), torch.finfo(F64).tiny)
         coords = coords.to(F64)
         for factor in factors:
@@ -320,21 +365,91 @@ class _L1Problem:
         """
         r = self.residual(coords)
         if count >= r.numel():
-            return self._part(slice(None), r, self.linear.clone()), limit
+            return _L1Problem(self.design, r, self.linear.clone()), limit
         ratio = r.abs().div_(self.lengths)
-        # The radius that keeps about `count` residuals, estimated on a stride through them.
-        stride = max(1, r.numel() // SUBSAMPLE)
-        sample = ratio[::stride]
-        rank = max(1, min(sample.numel(), count // stride))
-        radius = min(limit, float(sample.kthvalue(rank).values))
+        radius = min(limit, float(ratio.kthvalue(max(1, count)).values))
         keep = ratio <= radius
         kept = r[keep]
         signs = r.sign_().masked_fill_(keep, 0.0)  # r is not needed any more
-        linear = self.linear + self.scale * (self.design @ signs).to(F64)
-        return self._part(keep, kept, linear), radius
+        linear = self.linear + (self.design @ signs).to(F64)
+        return _L1Problem(self.design[:, keep], kept, linear), radius
 
 
-def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:
+def _lengths(design: Tensor) -> Tensor:
+    """|a_n| of every column of a design [q, N] (one pass per coordinate, no q x N temporary)."""
+    squares = torch.mul(design[0], design[0])
+    for row in design[1:]:
+        squares.addcmul_(row, row)
+    return squares.sqrt_().clamp_(min=torch.finfo(squares.dtype).tiny)
+
+
+class _StreamedL1:
+    """sum_n |o_n + a_n . w| over every residual element of ``data``, with a_n = scale * u_n
+    (``scale`` whitens the design, see l1_coords): never in memory at once, only passed over.
+
+    The elements are numbered sample-major (n = s D + e) whatever the chunks, and the rough fit
+    sees every ``stride``-th of them, so its problem does not depend on the chunk size.
+    """
+
+    def __init__(self, data: StepData):
+        self.data = data
+        self.stride = max(1, data.samples * data.dim // SUBSAMPLE)
+        squares, designs, offsets, start = 0.0, [], [], 0
+        for offset, basis in data.chunks():
+            design = basis.reshape(basis.shape[0], -1)
+            squares = squares + torch.linalg.vector_norm(design, dim=1).to(F64).square()
+            first = -start % self.stride
+            designs.append(design[:, first :: self.stride])
+            offsets.append(offset.reshape(-1)[first :: self.stride])
+            start += design.shape[1]
+        norms = squares.sqrt()
+        # A coordinate no sample uses keeps scale 1.
+        self.scale = 1.0 / norms.where(norms > 0, 1.0)
+        self.sample = _L1Problem(
+            torch.cat(designs, dim=1) * self.scale.to(designs[0])[:, None], torch.cat(offsets)
+        )
+
+    def near(self, coords: Tensor, count: int) -> tuple[_L1Problem, float]:
+        """As _L1Problem.near, in one pass: the radius comes from the rough fit's stride through
+        the residuals; a chunk whose kept residuals would take the total past 2 ``count`` lowers
+        it (and turns the residuals beyond it into linear terms), so at most ~2 ``count`` are kept.
+        """
+        ratio = self.sample.residual(coords).abs_().div_(self.sample.lengths)
+        rank = max(1, min(ratio.numel(), count // self.stride))
+        radius = float(ratio.kthvalue(rank).values)
+        weights = self.scale * coords
+        linear = torch.zeros_like(coords, dtype=F64)
+        designs, residuals, ratios = [], [], []
+        for offset, basis in self.data.chunks():
+            design = basis.reshape(basis.shape[0], -1)
+            r = torch.addmv(offset.reshape(-1), design.T, weights.to(design))
+            design = design * self.scale.to(design)[:, None]
+            chunk_ratio = r.abs().div_(_lengths(design))
+            keep = chunk_ratio <= radius
+            designs.append(design[:, keep])
+            residuals.append(r[keep])
+            ratios.append(chunk_ratio[keep])
+            linear += (design @ r.sign_().masked_fill_(keep, 0.0)).to(F64)
+            if sum(len(part) for part in ratios) > 2 * count:
+                radius, linear = _trim(designs, residuals, ratios, count, linear)
+        return _L1Problem(torch.cat(designs, dim=1), torch.cat(residuals), linear), radius
+
+
+def _trim(designs: list[Tensor], residuals: list[Tensor], ratios: list[Tensor], count: int,
+          linear: Tensor) -> tuple[float, Tensor]:
+    """Keep only the ``count`` residuals of smallest ratio |r_n| / |a_n| (in place in the lists);
+    the others join ``linear`` as sign-fixed terms. Returns the new radius and linear terms."""
+    design, residual, ratio = torch.cat(designs, dim=1), torch.cat(residuals), torch.cat(ratios)
+    radius = float(ratio.kthvalue(count).values)
+    keep = ratio <= radius
+    linear = linear + (design @ residual.sign().masked_fill_(keep, 0.0)).to(F64)
+    designs[:] = [design[:, keep]]
+    residuals[:] = [residual[keep]]
+    ratios[:] = [ratio[keep]]
+    return radius, linear
+
+
+def l1_coords(data: StepData, dt: float, start: Tensor) -> Tensor:
     """The minimiser of mean |offset + dt * sum_j c_j u_j|.
 
     Three stages, each on fewer residuals: Huber continuation on a fixed stride through the
@@ -342,19 +457,16 @@ def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor
     signs and so enter as linear terms (close); a linear programme on the LP_POINTS residuals
     nearest zero within a box inside that ball (exact). A close step on the ball's edge walks on
     and looks again; an LP solution on the box's edge retries with more points; one inside the box
-    is the minimiser (convexity).
+    is the minimiser (convexity). Only the close stage passes over all residuals, one pass each.
     """
-    design = basis.reshape(basis.shape[0], -1)
-    q = design.shape[0]
     # Work in w_j = dt * |u_j| * c_j: the per-sample bases are orthonormal, so the design's Gram
     # matrix is diagonal and this scaling whitens it; a ball in w is then a region of equal loss
-    # curvature in every direction, so the radii below fit. (A coordinate no sample uses: 1.)
-    norms = torch.linalg.vector_norm(design, dim=1).to(F64)
-    scale = 1.0 / norms.where(norms > 0, 1.0)  # the design in w: u_j / |u_j|
-    to_coords = scale / dt  # c = to_coords * w
-    full = _L1Problem(design, offset.reshape(-1), scale=scale)
-    coords = full.subsample(SUBSAMPLE).huber(start.to(F64) / to_coords, (1.0, 1e-1, 1e-2))
-    count = int(NEAR_FRACTION * full.offset.numel())
+    # curvature in every direction, so the radii below fit.
+    full = _StreamedL1(data)
+    q = full.scale.numel()
+    to_coords = full.scale / dt  # c = to_coords * w
+    coords = full.sample.huber(start.to(F64) / to_coords, (1.0, 1e-1, 1e-2))
+    count = max(1, min(int(NEAR_FRACTION * data.samples * data.dim), NEAR_CAP))
     zero = torch.zeros(q, dtype=F64, device=coords.device)
     for _ in range(MAX_ITERATIONS):
         close, radius = full.near(coords, count)
@@ -375,16 +487,20 @@ def l1_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor
     return (to_coords * coords).to(start)
 
 
-def pseudo_huber_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor) -> Tensor:
+def pseudo_huber_coords(data: StepData, dt: float, start: Tensor) -> Tensor:
     """The minimiser of the pseudo-Huber loss, by damped Newton on per-sample quadratics.
 
     |r_s|^2 = |o_s|^2 + 2 dt c . (U_s o_s) + dt^2 c^T (U_s U_s^T) c, so after one pass over the
     data the loss is a function of S small quadratics in c.
     """
-    _samples, dim = offset.shape
-    sq = offset.square().sum(dim=1).to(F64)
-    proj = torch.einsum("qsd,sd->sq", basis, offset).to(F64) * dt
-    inner = torch.einsum("qsd,psd->sqp", basis, basis).to(F64) * dt**2
+    dim = data.dim
+    parts = [
+        (offset.square().sum(dim=1).to(F64), torch.einsum("qsd,sd->sq", basis, offset).to(F64),
+         torch.einsum("qsd,psd->sqp", basis, basis).to(F64))
+        for offset, basis in data.chunks()
+    ]
+    sq, proj, inner = (torch.cat(column) for column in zip(*parts))
+    proj, inner = proj * dt, inner * dt**2
     c0 = PSEUDO_HUBER_C
 
     def evaluate(c: Tensor) -> tuple[float, Tensor, Tensor]:
@@ -418,16 +534,16 @@ def pseudo_huber_coords(offset: Tensor, basis: Tensor, dt: float, start: Tensor)
 
 
 def fit_coords(
-    offset: Tensor, basis: Tensor, dt: float, start: Tensor, settings: FitSettings
+    data: StepData, dt: float, start: Tensor, settings: FitSettings
 ) -> tuple[Tensor, int]:
     """The fitted coordinates of one step and the Adam epochs spent (0 for the exact fits).
 
-    offset [S, D] is x - target, basis [q, S, D] (coordinate-major), start the reference start.
+    ``data`` holds the offsets x - target and the bases, ``start`` is the reference start.
     """
     if settings.loss == "L2":
-        return least_squares_coords(offset, basis, dt), 0
+        return least_squares_coords(data, dt), 0
     if settings.optimizer == "adam":
-        return adam_coords(offset, basis, dt, start, settings)
+        return adam_coords(data, dt, start, settings)
     if settings.loss == "L1":
-        return l1_coords(offset, basis, dt, start), 0
-    return pseudo_huber_coords(offset, basis, dt, start), 0
+        return l1_coords(data, dt, start), 0
+    return pseudo_huber_coords(data, dt, start), 0

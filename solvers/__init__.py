@@ -2,7 +2,7 @@
 
 from .context import Correction, StepContext
 from .registry import REGISTRY, SolverSpec, get_solver, solver_names
-from .sampling import sample, schedule_for
+from .sampling import make_stepper, sample, schedule_for
 from .schedules import get_schedule, schedule_names
 from .seeds import latents_for_seeds
 from .unipc import unipc_coefficients
@@ -15,6 +15,7 @@ __all__ = [
     "get_schedule",
     "get_solver",
     "latents_for_seeds",
+    "make_stepper",
     "sample",
     "schedule_for",
     "schedule_names",

@@ -11,6 +11,7 @@ from torch import Tensor
 from .context import Correction, StepContext
 from .registry import SolverSpec, get_solver
 from .schedules import get_schedule
+from .stepper import Stepper
 
 # EDM's range, used when a denoiser does not carry its own sigma_min / sigma_max.
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -41,20 +42,8 @@ def sample(
     spec, opts, times = _plan(denoiser, solver, nfe, schedule, options)
     num_steps = len(times) - 1
     ts = times.to(device=latents.device, dtype=latents.dtype)
-    tf = ts.tolist()  # one device sync; all per-step coefficient math runs on Python floats
-
-    # The schedule's own 0-d tensors; an off-grid level (DPM-2's midpoint) gets a new one.
-    levels = dict(zip(tf, ts))
-
-    def model(x: Tensor, t: float) -> Tensor:
-        sigma = levels.get(t)
-        if sigma is None:
-            sigma = torch.tensor(t, dtype=latents.dtype, device=latents.device)
-        if class_labels is None:
-            return denoiser(x, sigma)
-        return denoiser(x, sigma, class_labels)
-
-    stepper = spec.stepper(model, tf, opts)
+    stepper = make_stepper(denoiser, spec, opts, ts, class_labels)
+    tf = stepper.t  # one device sync; all per-step coefficient math runs on Python floats
     traj = latents.new_empty((num_steps + 1, *latents.shape)) if return_trajectory else None
     x_T = torch.mul(latents, tf[0], out=None if traj is None else traj[0])
     x = x_T
@@ -67,8 +56,32 @@ def sample(
             used.append(d)
         x = torch.add(x, d, alpha=tf[i + 1] - tf[i], out=None if traj is None else traj[i + 1])
     if opts["denoise_to_zero"]:
-        x = model(x, tf[-1])
+        x = stepper.model(x, tf[-1])
     return (x, traj) if return_trajectory else x
+
+
+def make_stepper(
+    denoiser: Denoiser,
+    spec: SolverSpec,
+    opts: dict[str, Any],
+    ts: Tensor,
+    class_labels: Tensor | None = None,
+) -> Stepper:
+    """A fresh stepper of ``spec`` over the times ``ts`` (in the latents' dtype and device),
+    calling ``denoiser`` with ``class_labels``; ``opts`` are resolved options."""
+    tf = ts.tolist()
+    # The schedule's own 0-d tensors; an off-grid level (DPM-2's midpoint) gets a new one.
+    levels = dict(zip(tf, ts))
+
+    def model(x: Tensor, t: float) -> Tensor:
+        sigma = levels.get(t)
+        if sigma is None:
+            sigma = torch.tensor(t, dtype=ts.dtype, device=ts.device)
+        if class_labels is None:
+            return denoiser(x, sigma)
+        return denoiser(x, sigma, class_labels)
+
+    return spec.stepper(model, tf, opts)
 
 
 def schedule_for(

@@ -2,12 +2,15 @@
 
 The driver (sampling.py) asks a Stepper for d~_i, lets a correction replace it, and takes the
 step x_{i+1} = x_i + (t_{i+1} - t_i) d_used. A Stepper keeps its own history of raw model
-quantities at the states actually reached; corrections never touch it.
+quantities at the states actually reached; corrections never touch it. That ``history`` deque is
+a Stepper's whole state between steps, so a run can be paused after any step and resumed by a
+fresh Stepper whose history is refilled (pas fits trajectories chunk by chunk that way).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -38,6 +41,8 @@ class Stepper:
         self.num_steps = len(times) - 1
         self.afs = options["afs"]
         self.thresholding = options.get("thresholding", False)
+        # Multistep solvers replace this with a deque of their order; one-step solvers keep none.
+        self.history: deque[Tensor] = deque(maxlen=0)
 
     def direction(self, i: int, x: Tensor) -> Tensor:
         """The solver's own effective direction d~_i at the reached state x = x_i."""

@@ -10,13 +10,14 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from bench.cli import parse_args
 from bench.errors import UserError
 from bench.grids import load_grid, parse_grid
 from bench.models.ms_coco import COCO_FID_STATS_URL
 from bench.models.registry import get_dataset
-from bench.plan import Overrides, build_plan
+from bench.plan import Overrides, build_plan, fit_memory_lines
 
 DATASETS = ["cifar10", "ffhq", "imagenet64", "lsun_bedroom"]
 # Solver entries of the grid; ipndm3 is ipndm at order 3, PAS's run.sh setting.
@@ -93,18 +94,14 @@ def test_dry_run_lists_all_288_cells_and_downloads_nothing(tmp_path):
     assert f"amed_teacher {2 * 81 * 10_000:,}" in done.stdout
     assert f"amed_training {10_000 * (5 + 6 + 8 + 10) + 4:,})" in done.stdout
     # One teacher solve per dataset serves its 6 solver entries x its NFEs (LSUN Bedroom's in
-    # parts: see below); a fit holds the states of its NFE + 1 times for the 5,000 + 500
-    # held-out float32 trajectories.
+    # parts: see below), over the 5,000 + 500 held-out trajectories.
     for name in DATASETS:
         fits = len(SOLVERS) * len(NFES[name])
-        held = 11 * 5500 * math.prod(get_dataset(name).shape) * 4 / 2**30
         lines = [x for x in done.stdout.splitlines()
                  if re.match(rf"PAS teacher for {name}( \(part \d of \d\))?:", x)]
         counts = [int(re.search(r"one solve for (\d+) fit", x)[1]) for x in lines]
         assert sum(counts) == fits and len(lines) == (3 if name == "lsun_bedroom" else 1)
-        for line in lines:
-            assert "x 5,500 seeds" in line
-            assert line.endswith(f"a fit holds {held:,.1f} GiB of them in memory")
+        assert all("x 5,500 seeds" in line for line in lines)
     # The teacher cache on disk: per dataset its largest solve (21 of LSUN's 59 times per part,
     # the other datasets' 59 times in one solve), and the plan's peak, at most 150 GiB.
     disk = {m[1]: float(m[2].replace(",", "")) for m in re.finditer(
@@ -118,6 +115,14 @@ def test_dry_run_lists_all_288_cells_and_downloads_nothing(tmp_path):
     assert float(peak[1]) == max(disk.values()) <= 150
     assert "the 3 solves cost 2,761,000 evaluations, one shared solve 1,342,000 for 237.7 GiB" in (
         done.stdout)
+    # Each dataset's peak PAS fit memory on this CPU, from pas.memory's model: bounded by the
+    # default chunk's 1 GiB working set, where one LSUN state of 5,500 trajectories is 4 GiB.
+    memory = fit_memory_lines(build_plan(load_grid("paper")), tmp_path / "cache",
+                              torch.device("cpu"))
+    assert [line for line in done.stdout.splitlines() if line.startswith("PAS fit for")] == memory
+    for name, line in zip([*DATASETS, "ms_coco"], memory, strict=True):
+        peak = line.removeprefix(f"PAS fit for {name}: peak ").split(" on the host")[0]
+        assert peak.endswith(" GiB") and float(peak.split()[0]) < 1.5, line
     for spec in map(get_dataset, DATASETS):
         assert spec.model_url in done.stdout and spec.ref_stats_url in done.stdout
     assert "hub:stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stdout

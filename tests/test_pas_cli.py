@@ -32,6 +32,8 @@ def test_fit_then_show(tmp_path, capsys):
         str(tmp_path / "cache"),
         "--dtype",
         "float64",
+        "--chunk",
+        "16",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -51,9 +53,10 @@ def test_fit_then_show(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert f"n_params {art.n_params}" in shown and "loss before" in shown
     assert "held out (seeds 10000064..10000163): base" in shown
+    assert art.chunk == 16 and "memory: chunks of 16 trajectories, host RssAnon peak" in shown
     candidates = len(art.validation["candidates"])
     # header lines, step table head and rows, gate table head and rows
-    assert len(shown.splitlines()) == 7 + 2 + 4 + 2 + candidates
+    assert len(shown.splitlines()) == 8 + 2 + 4 + 2 + candidates
 
 
 @pytest.mark.parametrize(
@@ -80,6 +83,7 @@ def test_fit_then_show(tmp_path, capsys):
             [*DDIM_FIT, "--loss", "lpips"],
             "unknown PAS loss",
         ),
+        ([*DDIM_FIT, "--chunk", "0"], "chunk must be an integer >= 1"),
         ([], "required"),
     ],
 )

@@ -160,9 +160,10 @@ def test_exact_fit_beats_adam_on_every_searched_step(digits, cache, monkeypatch)
     pairs = []
     exact = pas.adaptive.fit_coords
 
-    def both(offset, basis, dt, start, settings):
-        coords, epochs = exact(offset, basis, dt, start, settings)
-        adam, _ = adam_coords(offset, basis, dt, start, FitSettings(settings.loss))
+    def both(data, dt, start, settings):
+        coords, epochs = exact(data, dt, start, settings)
+        adam, _ = adam_coords(data, dt, start, FitSettings(settings.loss))
+        offset, basis = (torch.cat(parts, dim) for parts, dim in zip(zip(*data.chunks()), (0, 1)))
         pairs.append([
             float(loss_value(settings.loss, offset + dt * torch.einsum("qsd,q->sd", basis, c)))
             for c in (coords, adam)

@@ -10,6 +10,7 @@ import torch
 from pas.search import (
     FitSettings,
     Objective,
+    Resident,
     accept,
     adam_coords,
     fit_coords,
@@ -35,7 +36,7 @@ def _problem(samples: int = 40, q: int = 3, dim: int = 16, seed: int = 0):
 def test_l2_closed_form_equals_brute_force_least_squares():
     offset, basis = _problem()
     dt = -0.7
-    coords = least_squares_coords(offset, basis, dt)
+    coords = least_squares_coords(Resident(offset, basis, chunk=7), dt)
     # The same objective written as one dense least-squares problem over all S*D residuals.
     design = dt * basis.reshape(3, -1).T.numpy()
     expected, *_ = np.linalg.lstsq(design, -offset.reshape(-1).numpy(), rcond=None)
@@ -45,9 +46,10 @@ def test_l2_closed_form_equals_brute_force_least_squares():
 def test_l2_with_an_unused_coordinate_gives_it_zero():
     offset, basis = _problem()
     basis[2] = 0.0
-    coords = least_squares_coords(offset, basis, 0.5)
+    coords = least_squares_coords(Resident(offset, basis), 0.5)
     assert coords[2] == 0.0
-    assert torch.allclose(coords[:2], least_squares_coords(offset, basis[:2], 0.5), atol=1e-12)
+    fewer = least_squares_coords(Resident(offset, basis[:2]), 0.5)
+    assert torch.allclose(coords[:2], fewer, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["L1", "pseudo_huber"])
@@ -78,8 +80,9 @@ def test_l1_adam_reaches_the_l1_minimum():
         objective, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12}
     ).fun
     start = torch.zeros(2, dtype=F64)
-    coords, epochs = adam_coords(
-        offset, basis, dt, start, FitSettings("L1", lr=0.01, epochs=1000, early_stop=0)
+    coords, epochs = adam_coords(  # in chunks of 6, 6, 6 and 2 samples
+        Resident(offset, basis, chunk=6), dt, start,
+        FitSettings("L1", lr=0.01, epochs=1000, early_stop=0),
     )
     assert epochs == 1000
     assert objective(coords) == pytest.approx(best, abs=2e-4)
@@ -91,8 +94,7 @@ def test_adam_stops_when_the_loss_is_flat():
     offset, basis = _problem(samples=5, q=2, dim=4)
     # A zero basis makes the loss constant: flat after exactly `early_stop` epochs.
     _, epochs = adam_coords(
-        offset,
-        torch.zeros_like(basis),
+        Resident(offset, torch.zeros_like(basis)),
         1.0,
         torch.zeros(2, dtype=F64),
         FitSettings("pseudo_huber", epochs=1000, early_stop=7),
@@ -151,14 +153,17 @@ def _shifted_problem(samples, q, dim, seed=0):
     return 0.3 * noise + 0.7 * torch.einsum("qsd,q->sd", basis, truth), basis
 
 
-@pytest.mark.parametrize("subsample", [1 << 16, 300])
-def test_exact_l1_equals_the_linear_programme(monkeypatch, subsample):
-    """300: the rough fit sees a stride through the residuals and the polish must recover."""
+@pytest.mark.parametrize("subsample, chunk, cap", [(1 << 16, None, 1 << 21), (300, None, 1 << 21),
+                                                  (300, 7, 50)])
+def test_exact_l1_equals_the_linear_programme(monkeypatch, subsample, chunk, cap):
+    """300: the rough fit sees a stride through the residuals and the polish must recover; chunks
+    of 7 samples and a close set capped at 50 residuals (trimmed while passing) reach it too."""
     monkeypatch.setattr("pas.search.SUBSAMPLE", subsample)
+    monkeypatch.setattr("pas.search.NEAR_CAP", cap)
     offset, basis = _shifted_problem(samples=60, q=4, dim=32)
     dt = -0.7
     start = torch.tensor([0.5, 0.0, 0.0, 0.0], dtype=F64)
-    coords = l1_coords(offset, basis, dt, start)
+    coords = l1_coords(Resident(offset, basis, chunk), dt, start)
     best, minimum = _l1_lp_minimum(offset, basis, dt)
     value = float(loss_value("L1", offset + dt * torch.einsum("qsd,q->sd", basis, coords)))
     assert value == pytest.approx(minimum, rel=1e-9)
@@ -174,7 +179,7 @@ def test_exact_pseudo_huber_equals_a_direct_minimiser():
         return float(loss_value("pseudo_huber", residual))
 
     direct = scipy.optimize.minimize(objective, np.zeros(3), method="BFGS", options={"gtol": 1e-12})
-    coords = pseudo_huber_coords(offset, basis, dt, torch.zeros(3, dtype=F64))
+    coords = pseudo_huber_coords(Resident(offset, basis, chunk=9), dt, torch.zeros(3, dtype=F64))
     assert objective(coords) == pytest.approx(direct.fun, rel=1e-10)
     assert objective(coords) <= direct.fun * (1 + 1e-12)
     assert np.allclose(coords.numpy(), direct.x, atol=1e-5)
@@ -185,8 +190,8 @@ def test_exact_fit_is_never_worse_than_adam(loss):
     offset, basis = _shifted_problem(samples=200, q=4, dim=64, seed=3)
     dt = -1.3
     start = torch.tensor([0.2, 0.0, 0.0, 0.0], dtype=F64)
-    exact, epochs = fit_coords(offset, basis, dt, start, FitSettings(loss))
-    adam, _ = fit_coords(offset, basis, dt, start, FitSettings(loss, optimizer="adam"))
+    exact, epochs = fit_coords(Resident(offset, basis), dt, start, FitSettings(loss))
+    adam, _ = fit_coords(Resident(offset, basis), dt, start, FitSettings(loss, optimizer="adam"))
 
     def value(c):
         return float(loss_value(loss, offset + dt * torch.einsum("qsd,q->sd", basis, c)))

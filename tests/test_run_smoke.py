@@ -42,6 +42,8 @@ def _check_row(row: dict, out) -> None:
         assert all(0 <= step < row["nfe"] for step in row["pas_steps"])
         assert row["pas_fit_s"] > 0 and row["teacher_s"] >= 0
         assert row["pas_holdout_gain"] >= 0
+        # The fit's peak RssAnon on the CPU: at least the interpreter with torch (> 50 MiB).
+        assert 50 < row["pas_peak_mem_mb"] < 24 * 2**10
     else:
         assert row["pas_params"] is row["pas_steps"] is row["pas_settings"] is None
     with np.load(out / row["preview"]) as preview:

@@ -37,10 +37,14 @@ def _fit(dataset: str, cache, **extra) -> pas.PASArtifact:
                    cache_dir=cache, progress=False, **extra)
 
 
+@pytest.mark.parametrize("chunk", ["default", "one"])
 @pytest.mark.parametrize("dataset", list(SIZES))
-def test_fit_after_teacher(benchmark, cache, dataset):
+def test_fit_after_teacher(benchmark, cache, dataset, chunk):
+    """The fit streams its trajectories in chunks (pas.stream): the device's default chunk, or
+    all trajectories in one."""
+    extra = {"chunk": SIZES[dataset][0]} if chunk == "one" else {}
     _fit(dataset, cache)  # fills the teacher cache, so the timed fits measure the search only
-    art = benchmark.pedantic(_fit, args=(dataset, cache), rounds=1, iterations=1)
+    art = benchmark.pedantic(_fit, args=(dataset, cache), kwargs=extra, rounds=1, iterations=1)
     assert art.teacher["cached"] and len(art.search) == 10
     assert art.n_params == sum(s.n_coords for s in art.search if s.index in art.corrected)
 
