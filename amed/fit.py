@@ -128,15 +128,18 @@ def _own_teacher(
     return states, labels, identity
 
 
-def _check(teacher: Tensor, steps: int, denoiser, batch_size: int, epochs: int, lr: float) -> None:
+def _check_hyper(batch_size: int, epochs: int, lr: float) -> None:
+    if batch_size < 1 or epochs < 0 or not lr > 0:
+        raise ValueError("batch_size must be >= 1, epochs >= 0 and lr > 0")
+
+
+def _check(teacher: Tensor, steps: int, denoiser) -> None:
     want = (steps + 1, *denoiser.shape)
     if teacher.dim() < 2 or (teacher.shape[0], *teacher.shape[2:]) != want:
         raise ValueError(
             f"teacher must hold the states at the {steps + 1} student times: shape "
             f"[{steps + 1}, S, {', '.join(map(str, denoiser.shape))}], got {tuple(teacher.shape)}"
         )
-    if batch_size < 1 or epochs < 0 or not lr > 0:
-        raise ValueError("batch_size must be >= 1, epochs >= 0 and lr > 0")
 
 
 def fit(
@@ -171,7 +174,7 @@ def fit(
     solves ``trajectories`` seeds from TEACHER_SEED_START. ``features``: a features callable
     (amed.features), default the denoiser's ``amed_features`` or the pooled-input stand-in.
     ``epochs`` passes over the trajectories in batches of ``batch_size`` (the official run is one
-    pass over 10k trajectories, batch 128); ``epochs=0`` returns the untrained predictor.
+    pass over 10k trajectories); ``epochs=0`` returns the untrained predictor.
     ``scale_dir``/``scale_time``: the outputs' half-widths (the official CIFAR-10 ipndm run's
     0.01 and 0.2). ``dtype``/``device`` (the fallback teacher's; default the denoiser's
     ``dtype``/``device`` attributes, else CPU float32). ``solver_options`` are the base solver's
@@ -181,13 +184,14 @@ def fit(
     options = solvers.get_solver(name).resolve(solver_options)
     steps = steps_for_nfe(nfe, options["afs"], options["denoise_to_zero"])
     times = plugin_times(denoiser, name, steps, schedule, options)
+    _check_hyper(batch_size, epochs, lr)  # before the fallback teacher's solve
     if teacher is None:
         dtype = dtype or getattr(denoiser, "dtype", torch.float32)
         device = device or getattr(denoiser, "device", "cpu")
         teacher, class_labels, teacher_info = _own_teacher(
             denoiser, times, trajectories, teacher_nfe, (dtype, device)
         )
-    _check(teacher, steps, denoiser, batch_size, epochs, lr)
+    _check(teacher, steps, denoiser)
     features = resolve(denoiser, features)
     probe = model_for(denoiser, teacher, None if class_labels is None else class_labels[:1])
     tf = times.tolist()

@@ -126,7 +126,6 @@ class PluginRun:
         self.lower_order_final = options.get("lower_order_final", False)
         self.thresholding = options.get("thresholding", False)
         self.history: deque[tuple[Tensor, float | Tensor]] = deque(maxlen=self.order)
-        self.predictions: list[Prediction] = []
 
     def step(self, i: int, x: Tensor) -> Tensor:
         """x_{i+1} from x_i, with the predictor's choice for this step."""
@@ -139,7 +138,6 @@ class PluginRun:
         else:
             feats = self.features(x, torch.tensor(t_cur, dtype=x.dtype, device=x.device))
         prediction = Prediction(*self.predictor(feats.to(x.dtype), t_cur, self.times[i + 1]))
-        self.predictions.append(prediction)
         return self.advance(i, x, value, prediction)
 
     def advance(self, i: int, x: Tensor, value: Tensor, prediction: Prediction) -> Tensor:
@@ -200,10 +198,11 @@ def run(
     model = model_for(denoiser, latents, class_labels)
     plugin = PluginRun(model, features, predictor, solver, times, options)
     x = latents * times[0]
-    states = [x]
+    states = [x] if return_trajectory else None
     for i in range(len(times) - 1):
         x = plugin.step(i, x)
-        states.append(x)
+        if states is not None:
+            states.append(x)
     if options.get("denoise_to_zero"):
         x = model(x, times[-1])
     return (x, torch.stack(states)) if return_trajectory else x

@@ -7,8 +7,10 @@ Three parts, in three places:
 - ``bench.metrics``: Frechet moments and distance with seed-block error bars, Inception, CLIP
   score, FID reference statistics and ``python -m bench.metrics.fid_ref``.
 - the runner, at this level: ``run`` (``python -m bench.run``), ``cli``, ``grids``, ``plan``,
-  ``estimate``, ``results``, ``compare`` (``python -m bench.compare``), ``timing``, ``progress``,
-  ``distributed``, ``downloads``, ``errors``.
+  ``estimate``, ``methods`` (base, PAS, GITS, AMED), ``results``, ``compare``
+  (``python -m bench.compare``), ``history``/``steps``/``verdict`` (``python -m bench.history``),
+  ``backfill``, ``bisect``, ``timing``, ``progress``, ``distributed``, ``downloads``, ``errors``.
 
-bench uses ``solvers`` and ``pas``; neither of them imports bench (tests/test_layout.py).
+bench uses ``solvers``, ``pas``, ``gits`` and ``amed``; none of them imports bench
+(tests/test_layout.py).
 """

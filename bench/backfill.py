@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +127,12 @@ def backfill(
         raise UserError(f"no commits in {spec}")
     names = subjects(repo, commits)
     status: dict[str, str] = {}
+    # Read once: the loop only adds the commit it runs, and each commit comes once.
+    stored, failed = stored_commits(store), failed_commits(store)
     for index, sha in enumerate(commits, start=1):
         label = f"[{index}/{len(commits)}] {sha[:8]} {names.get(sha, '')[:60]}"
-        if sha in stored_commits(store) or sha in failed_commits(store):
-            status[sha] = "skipped: " + ("stored" if sha in stored_commits(store) else "failed")
+        if sha in stored or sha in failed:
+            status[sha] = "skipped: " + ("stored" if sha in stored else "failed")
             print(f"{label}: {status[sha]}", file=sys.stderr)
             continue
         started = time.monotonic()
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    counts = {name: list(status.values()).count(name) for name in dict.fromkeys(status.values())}
+    counts = Counter(status.values())
     print(
         f"{len(status)} commit(s) in {store}: "
         + ", ".join(f"{n} {name}" for name, n in counts.items())

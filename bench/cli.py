@@ -11,7 +11,7 @@ from bench.grids import DTYPES, PAS_MODES, PRECISIONS
 from bench.plan import DEFAULT_TEACHER_DISK_GIB
 
 DESCRIPTION = """\
-Run a benchmark grid: every (dataset, solver, NFE, PAS on/off) cell samples its seeds,
+Run a benchmark grid: every (dataset, solver, NFE, method) cell samples its seeds,
 scores them with a streaming metric (FD against exact statistics for analytic data, FID for
 image checkpoints) and appends one row to <out>/<run_id>.jsonl. Cells whose configuration
 already has a row in <out> are skipped, so rerunning a command completes an interrupted run.

@@ -46,7 +46,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import UsageParser, UserError
-from bench.results import load_rows
+from bench.results import read_store
 from bench.verdict import (
     BETTER,
     DEFAULT_METRIC_TOL,
@@ -96,15 +96,7 @@ class Comparison:
 
 def load_side(path: Path) -> pd.DataFrame:
     """The newest row per cell of one side; missing paths, unreadable JSON and empty stores are errors."""
-    if not path.exists():
-        raise UserError(f"no such file or folder: {path}")
-    try:
-        rows = load_rows([path])
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    if rows.empty or rows["config_hash"].isna().any():
-        raise UserError(f"no result rows (with a config_hash) in {path}")
-    newest = rows.assign(created=pd.to_datetime(rows["created_at"], utc=True)).sort_values("created", kind="stable")
+    newest = read_store([path]).sort_values("created", kind="stable")
     return newest.drop_duplicates("config_hash", keep="last").set_index("config_hash")
 
 

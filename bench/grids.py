@@ -43,6 +43,10 @@ Schema (every table and key below is optional unless marked required; unknown ke
     coeff = 1.15                          #   GITS settings: points, metric, coeff, warmup
     [methods.gits_pas]                    # PAS on the GITS schedule ([methods.gits] settings)
     solvers = ["ddim", "ipndm"]
+    [methods.amed]                        # AMED plug-in (ddim, ipndm, dpmpp)
+    afs = "auto"                          #   AMED settings: afs (auto/on/off), trajectories,
+                                          #   teacher_nfe, batch_size, epochs, lr, seed,
+                                          #   scale_dir, scale_time, hidden_dim
 
     [datasets.<name>]                     # per-dataset overrides
     num_samples = 2000
@@ -56,8 +60,9 @@ Schema (every table and key below is optional unless marked required; unknown ke
     [datasets.<name>.pas]                 # overrides of [pas] for this dataset
     trajectories = 500
 
-Command-line options (--datasets, --solvers, --nfe, --pas, --num-samples, --batch-size, --dtype,
---precision, --ref-stats) override the file, per-dataset values included; see bench.plan for how a grid becomes cells. Every table is checked
+Command-line options (--datasets, --solvers, --nfe, --pas, --methods, --num-samples, --batch-size,
+--dtype, --precision, --ref-stats) override the file, per-dataset values included; see bench.plan
+for how a grid becomes cells. Every table is checked
 before anything runs, also those of datasets, solvers or PAS settings a command line leaves out,
 and every cell needs at least 2 samples (FD and FID estimate a covariance).
 """

@@ -39,7 +39,7 @@ from tabulate import tabulate
 
 from bench.commits import subjects, topo_order
 from bench.errors import UsageParser, UserError
-from bench.results import load_rows, replace_atomically
+from bench.results import read_store, replace_atomically
 from bench.steps import detect
 from bench.verdict import DEFAULT_METRIC_TOL, DEFAULT_Z, WORSE, gate_arg
 
@@ -212,17 +212,11 @@ def find_steps(points: pd.DataFrame, commits: pd.DataFrame, gates: Gates) -> pd.
 
 def build(paths: Sequence[Path], repo: Path, gates: Gates) -> History:
     """Read the rows under ``paths`` and build their history."""
-    for path in paths:
-        if not path.exists():
-            raise UserError(f"no such file or folder: {path}")
-    rows = load_rows(paths)
-    if rows.empty or rows["config_hash"].isna().any():
-        raise UserError("no result rows (with a config_hash) in " + ", ".join(map(str, paths)))
+    rows = read_store(paths)
     rows = rows.assign(
-        created=pd.to_datetime(rows["created_at"], utc=True),
         dirty=rows["git_dirty"].eq(True),
         git_sha=rows["git_sha"].fillna("unknown").astype(str),
-        timing_suspect=rows.get("timing_suspect", pd.Series(False, index=rows.index)).eq(True),
+        timing_suspect=rows["timing_suspect"].eq(True),
     )
     commits = commit_points(rows, repo)
     points = series_points(rows, commits)

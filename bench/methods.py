@@ -11,9 +11,10 @@ A method is a list of *fitters* run in order before a cell samples; each takes t
 
 So GITS + PAS is PAS fitted on the GITS schedule. A fitter's settings live in the grid's
 ``[methods.<fitter>]`` table (PAS: ``[pas]``); a ``[methods.<method>]`` table turns a method on for
-the grid and may narrow it with ``datasets``, ``solvers`` and ``nfe``. Adding a method (AMED) is
-one entry in METHODS and, for a new kind of fit, one entry in FITTERS, FITTER_DEFAULTS and
-FITTER_CHECKS.
+the grid and may narrow it with ``datasets``, ``solvers`` and ``nfe``. Adding a method is one
+entry in METHODS; a new kind of fit also needs its entries in FITTERS, FITTER_DEFAULTS and
+FITTER_CHECKS, its cell check in ``check_cell``, its dry-run count in ``peer_evaluations`` and,
+if it does not sample through ``solvers.sample``, a ``Sampling.sample``.
 
 Cells of ``base`` and ``pas`` hash exactly as before the axis existed (their identity holds no
 method), so older stores still match them; the other methods add ``method`` and their fitters'
@@ -53,6 +54,8 @@ AMED_FIT_KEYS = ("trajectories", "teacher_nfe", "batch_size", "epochs", "lr", "s
 # When an AMED cell runs with AFS: "auto" when its NFE's parity needs it (the official tables' odd
 # NFEs), "on" or "off" always (a cell whose NFE then does not fit is a plan error).
 AMED_AFS = ("auto", "on", "off")
+# Seeds whose latents are drawn at a time to read their class labels.
+LABEL_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -246,14 +249,7 @@ def search_gits(runner: Any, cell: Cell) -> gits.GITSArtifact:
             denoiser, cell.solver, cell.nfe, teacher.states(fine).to(runner.device), fine,
             latents=latents, class_labels=labels, metric=settings["metric"],
             coeff=settings["coeff"], settings=settings, batch_size=cell.batch_size,
-            dataset=cell.dataset, teacher={
-                "solver": GITS_TEACHER, "nfe": teacher.nfe, "grid_points": len(teacher.grid),
-                "seeds": [seeds.start, seeds.stop], "cached": teacher.cached,
-                # The stored solve: <cache>/teacher/<identity hash>/<solve hash> (pas.teacher).
-                "identity": teacher.folder.parent.name, "solve": teacher.folder.name,
-                "generation_seconds": teacher.generation_seconds,
-                "seconds": teacher.seconds},
-            **cell.options)
+            dataset=cell.dataset, teacher=_teacher_info(teacher, seeds), **cell.options)
     except ValueError as exc:
         label = f"{cell.dataset} {cell.solver} nfe={cell.nfe}"
         raise UserError(f"GITS search for {label}: {exc}") from None
@@ -350,8 +346,7 @@ def train_amed(runner: Any, cell: Cell) -> amed.AMEDArtifact:
             denoiser, [request, *group], seeds=seeds, teacher=GITS_TEACHER, dtype=dtype,
             device=runner.device, batch_size=cell.batch_size, cache_dir=runner.cache_dir,
             progress=runner.progress)
-        _, labels = solvers.latents_for_seeds(seeds, denoiser.shape, dtype=dtype,
-                                              device=runner.device, label_dim=denoiser.label_dim)
+        labels = _seed_labels(seeds, denoiser, dtype, runner.device)
         with features_for(runner.denoiser(cell), cell.dataset) as features:
             return amed.fit(
                 denoiser, cell.solver, cell.nfe, teacher=teacher.states(times).to(runner.device),
@@ -360,6 +355,18 @@ def train_amed(runner: Any, cell: Cell) -> amed.AMEDArtifact:
                 progress=runner.progress, **{k: settings[k] for k in AMED_FIT_KEYS}, **options)
     except ValueError as exc:
         raise UserError(f"AMED fit for {label}: {exc}") from None
+
+
+def _seed_labels(seeds: range, denoiser: Any, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor | None:
+    """The class labels of ``seeds`` (None for an unconditional model), drawn in chunks: the
+    latents drawn beside them would be trajectories x sample size and are not needed."""
+    if not denoiser.label_dim:
+        return None
+    chunks = [seeds[i : i + LABEL_CHUNK] for i in range(0, len(seeds), LABEL_CHUNK)]
+    return torch.cat([solvers.latents_for_seeds(chunk, denoiser.shape, dtype=dtype,
+                                                label_dim=denoiser.label_dim)[1]
+                      for chunk in chunks]).to(device)
 
 
 def _teacher_info(teacher: pas.TeacherStates, seeds: range) -> dict[str, Any]:
@@ -441,10 +448,10 @@ def gits_evaluations(cells: list[Cell], cache_dir: Path, denoiser_for: Callable)
     the Heun teacher on each fine grid not yet in the cache (2 per step per warm-up seed) and
     the teacher's directions (one per fine point but the last, per warm-up seed). With AFS the
     search also samples once per candidate first step; those runs are not counted."""
-    searches = {c.method_key: c for c in cells if "gits" in METHODS[c.method].fits
-                and not (cache_dir / "gits" / f"{c.method_key}.json").exists()}
     if not any("gits" in METHODS[c.method].fits for c in cells):
         return {}
+    searches = {c.method_key: c for c in cells if "gits" in METHODS[c.method].fits
+                and not (cache_dir / "gits" / f"{c.method_key}.json").exists()}
     teachers: dict[tuple, int] = {}
     search = 0
     for cell in searches.values():

@@ -15,7 +15,7 @@ import platform
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -193,3 +193,19 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     methods = frame["pas"].map({True: "pas", False: "base"})
     frame["method"] = frame["method"].astype(object).fillna(methods)
     return frame
+
+
+def read_store(paths: Sequence[Path]) -> pd.DataFrame:
+    """``load_rows`` for the command lines that judge stored rows (compare, history), with their
+    creation time as ``created``; a missing path, an unreadable file or no rows with a config
+    hash is a UserError."""
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"no such file or folder: {path}")
+    try:
+        rows = load_rows(paths)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {', '.join(map(str, paths))}: {err}") from None
+    if rows.empty or rows["config_hash"].isna().any():
+        raise UserError("no result rows (with a config_hash) in " + ", ".join(map(str, paths)))
+    return rows.assign(created=pd.to_datetime(rows["created_at"], utc=True))

@@ -176,7 +176,8 @@ class Runner:
         self._metrics: dict[str, tuple[Callable, FrechetReference]] = {}
         self._references: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._artifacts: dict[str, Any] = {}
-        # What the method axis's other fitters made (bench.methods): GITS schedules.
+        # What the method axis's other fitters made (bench.methods): GITS schedules and AMED
+        # predictors.
         self.fitted: dict[tuple, Any] = {}
         self._cells: list[Cell] = []
         # Per teacher group, its solves (bench.plan.teacher_solves); per fit not yet stored, the
@@ -442,7 +443,7 @@ class Runner:
         """Run one cell on every rank; rank 0 returns its row (others None)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        # The metric first: a missing reference file stops the cell before any model loads.
+        # The metric first: a missing reference file stops the cell before any sampling or fit.
         accumulator = self.accumulator(cell)
         if cell.conditioning is not None:
             self.denoiser(cell).prompts.check_evaluation(cell.num_samples, cell.pas)

@@ -3,7 +3,7 @@
 Two stages. **Candidates**: ruptures' binary segmentation (``Binseg``) splits the series where
 a piecewise-constant fit pays for its extra level. A segment costs the chi-square around its
 weighted mean, each point weighted by 1 / sigma_i^2 (``WeightedL2``), and each change point
-costs z^2 (in chi-square units: a lone step of z point SEs). sigma_i is the point's stored SE
+costs max(z, 1)^2 (in chi-square units: a lone step of z point SEs). sigma_i is the point's stored SE
 combined with the series' own scatter (the robust spread of successive differences, so that
 measurements noisier than their stored SE, like wall-clock times on a shared machine, do not
 split at every point), kept above 1e-12 of the series' level so that series without SEs have
@@ -96,7 +96,8 @@ def point_sigmas(values: np.ndarray, ses: np.ndarray) -> tuple[np.ndarray, float
 
 
 def change_points(values: np.ndarray, sigma: np.ndarray, z: float) -> list[int]:
-    """Starts of the segments after the first (binary segmentation, weighted L2, penalty z^2)."""
+    """Starts of the segments after the first (binary segmentation, weighted L2, penalty
+    max(z, 1)^2)."""
     weights = 1.0 / sigma**2
     centred = values - np.average(values, weights=weights)
     cost = WeightedL2().fit(np.column_stack([centred, weights]))

@@ -92,7 +92,8 @@ def fit(
     return GITSArtifact(
         dataset=dataset or denoiser.name, model=denoiser.name, solver=spec.name, nfe=nfe,
         options=options, times=fine[path].tolist(), indices=path, fine_times=fine.tolist(),
-        settings={**DEFAULTS, **(settings or {}), "metric": metric, "coeff": coeff},
+        settings={**DEFAULTS, **(settings or {}), "metric": metric, "coeff": coeff,
+                  "points": len(fine), "warmup": warmup},
         teacher=teacher or {}, cost=cost.tolist(), afs=candidates, warmup=warmup,
         evaluations=evaluations, search_seconds=time.perf_counter() - began,
         dtype=str(trajectory.dtype).removeprefix("torch."),

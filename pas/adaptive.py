@@ -326,8 +326,9 @@ def fit(
     denoiser's ``device``/``dtype`` attributes, else CPU float32.
 
     The trajectories are followed ``chunk`` at a time (pas.stream; default: as many as take about
-    a sixteenth of the host's memory, or a quarter of a CUDA device's, see pas.memory), so memory
-    grows with the chunk, not with ``trajectories``. The artifact records the fit's peak memory.
+    1 GiB of working set on the CPU, or a quarter of a CUDA device's memory, see pas.memory), so
+    memory grows with the chunk, not with ``trajectories``. The artifact records the fit's peak
+    memory.
     """
     loss = loss_name(loss)
     if optimizer not in OPTIMIZERS:

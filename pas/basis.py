@@ -219,11 +219,14 @@ class BasisTracker:
         # A batch like the last one reuses its buffers: fresh ones of this size would be paged in
         # again, which costs about as much as filling them.
         if self._rows.shape != shape or self._rows.device != ctx.x_T.device:
+            # Let the old buffers go first, so two chunks' rows are never live together.
+            self._rows = self._gram = torch.empty(0)
             self._rows = torch.empty(shape, dtype=F64, device=ctx.x_T.device)
             self._gram = torch.empty(batch, slots, slots, dtype=F64, device=ctx.x_T.device)
         vectors = (self.k, batch, shape[2])
         if (self._vectors.shape != vectors or self._vectors.dtype != ctx.x_cur.dtype
                 or self._vectors.device != ctx.x_T.device):
+            self._vectors = torch.empty(0)
             self._vectors = torch.empty(vectors, dtype=ctx.x_cur.dtype, device=ctx.x_T.device)
         self._x_T = ctx.x_T
         self._stored = []

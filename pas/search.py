@@ -113,6 +113,8 @@ class StepData(Protocol):
 
     samples: int
     dim: int
+    # True when every chunk's tensors may stay in memory across passes (Adam's epochs).
+    resident: bool
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(offset x - target [c, D], basis [q, c, D] coordinate-major) per chunk, in order."""
@@ -127,6 +129,7 @@ class Resident:
     offset: Tensor
     basis: Tensor
     chunk: int | None = None
+    resident = True
 
     @property
     def samples(self) -> int:
@@ -199,14 +202,15 @@ class Objective:
 
 class _ChunkedObjective:
     """The Objective of all chunks: their values and gradients averaged with weights c / S (each
-    chunk's loss is a mean over its c samples). Resident data keep one Objective per chunk (and
-    its buffers); streamed data build them anew each epoch."""
+    chunk's loss is a mean over its c samples). Resident data (held in memory, or streamed in one
+    chunk) keep one Objective per chunk and its buffers; streamed chunks are built anew each
+    epoch."""
 
     def __init__(self, name: str, data: StepData, dt: float):
         self.name, self.data, self.dt = name, data, dt
         self.kept = (
             [Objective(name, o, b, dt) for o, b in data.chunks()]
-            if isinstance(data, Resident) else None
+            if data.resident else None
         )
 
     def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:

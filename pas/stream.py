@@ -113,6 +113,11 @@ class ScratchStep:
     def dim(self) -> int:
         return self.scratch.array.shape[2]
 
+    @property
+    def resident(self) -> bool:
+        """One chunk: its tensors may stay in memory across passes (the fit holds them anyway)."""
+        return len(self.parts) == 1
+
     def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
         for part in self.parts:
             offset = self.scratch.read("offset", part).to(self.device)

@@ -118,7 +118,7 @@ def method_ids(cells: pd.DataFrame) -> pd.Series:
 
 def with_labels(cells: pd.DataFrame) -> pd.DataFrame:
     """Add ``family`` (solver plus any distinguishing setting) and ``method`` (family and the
-    method's suffix: "iPNDM + GITS"); ``method_id`` (report.load) is the stored method."""
+    method's suffix: "iPNDM + GITS"); ``method_id`` (``method_ids``) is the stored method."""
     cells = cells.assign(method_id=method_ids(cells))
     family = pd.Series("", index=cells.index)
     pas_suffix = pd.Series("", index=cells.index)

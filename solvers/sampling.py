@@ -43,7 +43,7 @@ def sample(
     num_steps = len(times) - 1
     ts = times.to(device=latents.device, dtype=latents.dtype)
     stepper = make_stepper(denoiser, spec, opts, ts, class_labels)
-    tf = stepper.t  # one device sync; all per-step coefficient math runs on Python floats
+    tf = stepper.t  # Python floats (make_stepper's one device sync): all per-step coefficient math
     traj = latents.new_empty((num_steps + 1, *latents.shape)) if return_trajectory else None
     x_T = torch.mul(latents, tf[0], out=None if traj is None else traj[0])
     x = x_T

@@ -50,7 +50,9 @@ def test_edm_hook_reads_the_last_encoder_block_and_leaves_the_output_alone(edm):
     # The tiny network's encoder is one convolution of the preconditioned input, already 8x8.
     inner = edm.net.model.enc["8x8_conv"](x / (0.5**2 + sigma**2).sqrt())
     torch.testing.assert_close(got, inner.mean(dim=1).flatten(1))
-    assert torch.equal(edm(x, sigma), plain)  # removed: nothing left behind
+    # Removed on exit: the network calls no hook and the features take no more captures.
+    assert not bottleneck_module(edm.net)._forward_hooks
+    assert torch.equal(edm(x, sigma), plain) and not features.captured
 
 
 def test_cm_hook_pools_the_middle_block_to_8x8(cm):

@@ -58,7 +58,7 @@ def test_scratch_file_is_deleted_when_the_fit_fails(digits, tmp_path, monkeypatc
 
 
 def test_fit_without_room_for_its_scratch_fails_before_starting(digits, tmp_path, monkeypatch):
-    # 400 trajectories x 64 values x 8 bytes x (x_T, x, 4 used, offset, 4 vectors) = 2.6 MiB.
+    # 400 trajectories x 64 values x 8 bytes x (x_T, x, 4 used, offset, 4 vectors) = 2.1 MiB.
     monkeypatch.setattr("pas.stream.free_bytes", lambda folder: 2 << 20)
     with pytest.raises(ValueError, match=r"needs 0\.0 GiB of scratch in .*, but only 0\.0 GiB"):
         pas.fit(digits, "ddim", 4, trajectories=400, dtype=F64, cache_dir=tmp_path,
